@@ -1,0 +1,40 @@
+"""Names shared by every part of the system: project keys and backing namespaces.
+
+Pure functions; used by :mod:`.projects`, the services' desired-state builders and the CLI.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from pydantic import StringConstraints
+
+#: A DNS-1123 label, as Kubernetes requires for organisation and project names.
+LABEL_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+_LABEL = re.compile(LABEL_PATTERN)
+
+Label = Annotated[str, StringConstraints(pattern=LABEL_PATTERN, max_length=63)]
+
+
+def is_label(value: str) -> bool:
+    """True when ``value`` is a DNS-1123 label (usable as a subject token and a KV key part)."""
+    return bool(_LABEL.match(value))
+
+
+def namespace(organization: str, project: str) -> str:
+    """The backing namespace of a project, ``<org>-<project>`` as in Kube-DC."""
+    return f"{organization}-{project}"
+
+
+def project_key(organization: str, project: str) -> str:
+    """The key of a project in subjects and KV buckets: ``<org>.<project>``."""
+    return f"{organization}.{project}"
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """Inverse of :func:`project_key`; raises ``ValueError`` on anything else."""
+    org, sep, name = key.partition(".")
+    if not sep or not is_label(org) or not is_label(name):
+        raise ValueError(f"not a project key: {key!r}")
+    return org, name

@@ -1,0 +1,82 @@
+"""Per-service, per-project status: what dashboards, the CLI and peer services read.
+
+Each service publishes a :class:`ServiceStatus` on ``vpcbus.status.<service>.<org>.<project>``
+after every reconcile whose outcome changed. The status stream keeps the last message per
+subject, so the current state of anything is one direct get away. A project is Ready when
+all four services report ``Ready`` for the same (its latest) generation.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from vpcbus_proto.subjects import SERVICES, ServiceName
+
+State = Literal["Ready", "Pending", "Error", "Deleted"]
+Ownership = Literal["Released", "Shared", "Exclusive"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+class ExternalAddress(_Model):
+    """An EIP as IPAM reports it (Kube-DC ``EIp`` status)."""
+
+    name: str = Field(description="EIP name, e.g. default-gw.")
+    ip_address: str
+    network: str = Field(description="External network (pool) name, e.g. cloud.")
+    prefix_length: int = Field(ge=0, le=32, description="Prefix length of the pool.")
+    gateway: str = Field(description="The external network's gateway.")
+    ready: bool
+    ownership_type: Ownership
+    owners: list[str] = Field(default_factory=list)
+
+
+class AddressFacts(_Model):
+    """IPAM's facts about a project: the admitted spec and its addresses."""
+
+    cidr_block: str
+    egress_network_type: str
+    gateway_ip: str = Field(description="Router address inside the project subnet.")
+    eips: list[ExternalAddress] = Field(default_factory=list)
+
+    def eip(self, name: str) -> ExternalAddress | None:
+        return next((e for e in self.eips if e.name == name), None)
+
+
+class ServiceStatus(_Model):
+    """One service's condition for one project."""
+
+    service: ServiceName
+    organization: str
+    project: str
+    namespace: str
+    generation: int = Field(ge=0, description="The project generation this status is for.")
+    state: State
+    reason: str = Field(description="CamelCase reason, e.g. Reconciled, WaitingForIpam.")
+    message: str = ""
+    observed_at: datetime
+    addresses: AddressFacts | None = Field(default=None, description="IPAM only.")
+    objects: list[str] = Field(
+        default_factory=list, description="Backend objects the service owns for the project."
+    )
+
+
+def project_ready(statuses: dict[str, ServiceStatus]) -> bool:
+    """All four services Ready for one and the same generation."""
+    if set(statuses) != set(SERVICES):
+        return False
+    generations = {s.generation for s in statuses.values()}
+    return len(generations) == 1 and all(s.state == "Ready" for s in statuses.values())
+
+
+def project_deleted(statuses: dict[str, ServiceStatus]) -> bool:
+    """Every service that ever reported on the project has torn it down."""
+    return all(s.state == "Deleted" for s in statuses.values())

@@ -1,0 +1,74 @@
+"""Subjects, streams and buckets: the catalogue users publish and subscribe by.
+
+Lifecycle events (users publish; stream ``VPCBUS_EVENTS``)::
+
+    project.created | project.updated | project.deleted
+
+Status (services publish; stream ``VPCBUS_STATUS`` keeps the last message per subject)::
+
+    vpcbus.status.<service>.<org>.<project>
+
+Errors and dead letters (services publish; stream ``VPCBUS_ERRORS``)::
+
+    vpcbus.error.<service>.<org>.<project>   an event was rejected (invalid, conflicting)
+    vpcbus.dlq.<service>.<org>.<project>     an event kept failing and was given up
+
+``_`` stands for the org or project token when the event was too malformed to name one.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal
+
+ServiceName = Literal["ipam", "vpc", "nat", "dns"]
+SERVICES: Final[tuple[ServiceName, ...]] = ("ipam", "vpc", "nat", "dns")
+
+EVENTS_STREAM: Final = "VPCBUS_EVENTS"
+STATUS_STREAM: Final = "VPCBUS_STATUS"
+ERRORS_STREAM: Final = "VPCBUS_ERRORS"
+
+PROJECT_CREATED: Final = "project.created"
+PROJECT_UPDATED: Final = "project.updated"
+PROJECT_DELETED: Final = "project.deleted"
+PROJECT_EVENTS: Final = (PROJECT_CREATED, PROJECT_UPDATED, PROJECT_DELETED)
+
+#: Subjects captured by the events stream (later issues add workload, eip, fip, service).
+EVENT_SUBJECTS: Final = ["project.*"]
+STATUS_SUBJECTS: Final = ["vpcbus.status.>"]
+ERROR_SUBJECTS: Final = ["vpcbus.error.>", "vpcbus.dlq.>"]
+
+UNKNOWN: Final = "_"
+
+#: CloudEvents ``type`` for each lifecycle subject.
+EVENT_TYPE_PREFIX: Final = "io.vpcbus."
+
+
+def event_type(subject: str) -> str:
+    """The CloudEvents type that goes with a lifecycle subject (``io.vpcbus.project.created``)."""
+    return EVENT_TYPE_PREFIX + subject
+
+
+def status_subject(service: str, org: str, project: str) -> str:
+    return f"vpcbus.status.{service}.{org}.{project}"
+
+
+def status_filter(service: str = "*", org: str = "*", project: str = "*") -> str:
+    """A subscription filter over status subjects; ``*`` leaves a token open."""
+    return f"vpcbus.status.{service}.{org}.{project}"
+
+
+def error_subject(service: str, org: str | None, project: str | None) -> str:
+    return f"vpcbus.error.{service}.{org or UNKNOWN}.{project or UNKNOWN}"
+
+
+def dlq_subject(service: str, org: str | None, project: str | None) -> str:
+    return f"vpcbus.dlq.{service}.{org or UNKNOWN}.{project or UNKNOWN}"
+
+
+def kv_bucket(service: str) -> str:
+    """The service's own state bucket (its recorded desired state per project)."""
+    return f"vpcbus-{service}"
+
+
+#: IPAM's address bucket: one key per allocated address, created with compare-and-set.
+IPAM_ADDRESSES_BUCKET: Final = "vpcbus-ipam-addresses"

@@ -1,0 +1,98 @@
+"""Connecting to NATS and declaring the streams, consumers and buckets vpcbus uses.
+
+Declarations are idempotent (create-or-update), so every service and the CLI may run them
+at start-up in any order. Called by :mod:`.service` and by the CLI's embedded stack.
+"""
+
+from __future__ import annotations
+
+import nats
+from nats.aio.client import Client
+from nats.js import JetStreamContext, api
+from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
+
+from vpcbus_proto import subjects
+
+#: Events are kept a week: enough for any consumer to catch up after an outage.
+EVENTS_MAX_AGE = 7 * 24 * 3600.0
+ERRORS_MAX_AGE = 30 * 24 * 3600.0
+DUPLICATE_WINDOW = 120.0
+
+
+async def connect(
+    url: str, *, name: str, user: str | None = None, password: str | None = None
+) -> Client:
+    """Connect and keep reconnecting forever: a reconciler must outlive server restarts."""
+    servers = [u.strip() for u in url.split(",") if u.strip()]
+    return await nats.connect(
+        servers=servers,
+        name=name,
+        user=user,
+        password=password,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        connect_timeout=2,
+        allow_reconnect=True,
+    )
+
+
+def stream_configs() -> list[api.StreamConfig]:
+    return [
+        api.StreamConfig(
+            name=subjects.EVENTS_STREAM,
+            subjects=list(subjects.EVENT_SUBJECTS),
+            retention=api.RetentionPolicy.LIMITS,
+            storage=api.StorageType.FILE,
+            max_age=EVENTS_MAX_AGE,
+            duplicate_window=DUPLICATE_WINDOW,
+            max_msg_size=256 * 1024,
+        ),
+        api.StreamConfig(
+            name=subjects.STATUS_STREAM,
+            subjects=list(subjects.STATUS_SUBJECTS),
+            retention=api.RetentionPolicy.LIMITS,
+            storage=api.StorageType.FILE,
+            max_msgs_per_subject=1,
+            allow_direct=True,
+            max_msg_size=256 * 1024,
+        ),
+        api.StreamConfig(
+            name=subjects.ERRORS_STREAM,
+            subjects=list(subjects.ERROR_SUBJECTS),
+            retention=api.RetentionPolicy.LIMITS,
+            storage=api.StorageType.FILE,
+            max_age=ERRORS_MAX_AGE,
+            max_msgs=100_000,
+            discard=api.DiscardPolicy.OLD,
+        ),
+    ]
+
+
+async def ensure_streams(js: JetStreamContext) -> None:
+    """Create the three streams, or update them to the declared configuration."""
+    for config in stream_configs():
+        try:
+            await js.stream_info(config.name or "")
+        except NotFoundError:
+            try:
+                await js.add_stream(config)
+            except BadRequestError:
+                # Another process created it in between; fall through to the update.
+                pass
+            else:
+                continue
+        await js.update_stream(config)
+
+
+async def ensure_bucket(js: JetStreamContext, bucket: str, *, history: int = 1) -> KeyValue:
+    """Open a KV bucket, creating it (file storage) when it does not exist yet."""
+    try:
+        return await js.key_value(bucket)
+    except BucketNotFoundError:
+        try:
+            return await js.create_key_value(
+                api.KeyValueConfig(bucket=bucket, history=history, storage=api.StorageType.FILE)
+            )
+        except BadRequestError:
+            return await js.key_value(bucket)

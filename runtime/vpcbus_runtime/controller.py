@@ -1,0 +1,356 @@
+"""The edge: consumes events and peer status, runs reconciles, acks, reports.
+
+Called by :mod:`.service`. Two durable pull consumers per service:
+
+* ``<service>-events`` on ``VPCBUS_EVENTS``: an event is decoded (:mod:`.intake`), folded
+  into the service's record (:mod:`.records`), then the project is reconciled and the
+  message is acked on success or ``Pending``, nak'ed with backoff on a temporary failure,
+  and dead-lettered + terminated after ``max_deliver`` attempts. Invalid events are
+  rejected with an error record (and a status when the project can be named).
+* ``<service>-peers`` on ``VPCBUS_STATUS``: a peer's status change re-runs the project.
+
+A periodic resync re-runs every known project (records and backend-owned objects), which
+repairs drift, finishes waits and garbage-collects orphans.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import nats.errors
+import structlog
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+
+from vpcbus_proto import names, subjects
+from vpcbus_proto.errors import MAX_PAYLOAD_ECHO, ErrorEvent
+from vpcbus_proto.subjects import ServiceName
+from vpcbus_runtime import intake
+from vpcbus_runtime.errors import PermanentError, TemporaryError
+from vpcbus_runtime.reconciling import Context, Reconciler, Result
+from vpcbus_runtime.records import Fold, RecordStore
+from vpcbus_runtime.settings import Settings
+from vpcbus_runtime.statuses import StatusPublisher, StreamPeers
+from vpcbus_runtime.workqueue import WorkQueue
+
+log = structlog.get_logger()
+
+FETCH_BATCH = 128
+MAX_IN_FLIGHT = 1024
+MAX_BACKOFF = 60.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    result: Result
+    retry: bool
+
+
+@dataclass
+class Counters:
+    events: int = 0
+    rejected: int = 0
+    stale: int = 0
+    dead_letters: int = 0
+    reconciles: int = 0
+    reconcile_errors: int = 0
+    reconcile_seconds: float = 0.0
+    last_error: str = ""
+    started: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+def backoff(attempt: int) -> float:
+    return float(min(0.5 * 2 ** max(attempt - 1, 0), MAX_BACKOFF))
+
+
+class Controller:
+    def __init__(
+        self,
+        service: ServiceName,
+        reconciler: Reconciler,
+        nc: Client,
+        js: JetStreamContext,
+        records: RecordStore,
+        settings: Settings,
+    ) -> None:
+        self.service = service
+        self.reconciler = reconciler
+        self.nc = nc
+        self.js = js
+        self.records = records
+        self.settings = settings
+        self.statuses = StatusPublisher(js, service)
+        self.peers = StreamPeers(js)
+        self.queue: WorkQueue[Outcome] = WorkQueue(self._reconcile, workers=settings.workers)
+        self.counters = Counters()
+        self._failures: dict[str, int] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loops: list[asyncio.Task[None]] = []
+        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        events = await self._consumer(
+            subjects.EVENTS_STREAM, f"{self.service}-events", list(subjects.EVENT_SUBJECTS)
+        )
+        self.queue.start()
+        self._loops.append(asyncio.create_task(self._fetch(events, self._on_event)))
+        if self.reconciler.watches:
+            filters = [subjects.status_filter(p) for p in self.reconciler.watches]
+            peers = await self._consumer(subjects.STATUS_STREAM, f"{self.service}-peers", filters)
+            self._loops.append(asyncio.create_task(self._fetch(peers, self._on_peer)))
+        self._loops.append(asyncio.create_task(self._resync_forever()))
+
+    async def stop(self) -> None:
+        for task in self._loops:
+            task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        await self.queue.stop()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _consumer(
+        self, stream: str, durable: str, filters: list[str]
+    ) -> JetStreamContext.PullSubscription:
+        config = api.ConsumerConfig(
+            durable_name=durable,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            deliver_policy=api.DeliverPolicy.ALL,
+            ack_wait=30.0,
+            max_deliver=-1,  # dead-lettering is ours: see _on_event
+            max_ack_pending=MAX_IN_FLIGHT,
+            filter_subjects=filters,
+        )
+        await self.js.add_consumer(stream, config)
+        return await self.js.pull_subscribe_bind(durable=durable, stream=stream)
+
+    async def _fetch(
+        self, psub: JetStreamContext.PullSubscription, handle: Callable[[Msg], Awaitable[None]]
+    ) -> None:
+        while True:
+            try:
+                msgs = await psub.fetch(FETCH_BATCH, timeout=2.0)
+            except nats.errors.TimeoutError:
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # server restart, reconnect in progress, ...
+                log.warning("fetch failed", error=repr(exc))
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
+                await self._slots.acquire()
+                task = asyncio.create_task(self._guarded(handle, msg))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _guarded(self, handle: Callable[[Msg], Awaitable[None]], msg: Msg) -> None:
+        try:
+            await handle(msg)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # never let one message kill the consumer
+            log.exception("message handling failed", subject=msg.subject, error=repr(exc))
+            try:
+                await msg.nak(delay=1.0)
+            except Exception as nak_exc:
+                log.warning("nak failed", error=repr(nak_exc))
+        finally:
+            self._slots.release()
+
+    async def _resync_forever(self) -> None:
+        while True:
+            try:
+                await self.resync()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("resync failed", error=repr(exc))
+            await asyncio.sleep(self.settings.resync_seconds)
+
+    async def resync(self) -> int:
+        """Queue every project this service knows of; returns how many."""
+        keys = set(await self.records.keys()) | set(await self.reconciler.owned_keys())
+        for key in keys:
+            self.queue.add(key)
+        log.debug("resync queued", projects=len(keys))
+        return len(keys)
+
+    # -- messages ------------------------------------------------------------------------
+
+    async def _on_peer(self, msg: Msg) -> None:
+        parts = msg.subject.split(".")
+        if len(parts) == 5:
+            key = names.project_key(parts[3], parts[4])
+            self.queue.add(key)
+        await msg.ack()
+
+    async def _on_event(self, msg: Msg) -> None:
+        meta = msg.metadata
+        deliveries = meta.num_delivered or 1
+        seq = meta.sequence.stream if meta.sequence else 0
+        self.counters.events += 1
+        structlog.contextvars.bind_contextvars(subject=msg.subject, stream_seq=seq)
+        decoded = intake.decode(msg.subject, msg.data)
+        if isinstance(decoded, intake.Rejected):
+            await self._reject(msg, decoded, seq, deliveries)
+            return
+        key = names.project_key(decoded.organization, decoded.name)
+        structlog.contextvars.bind_contextvars(project=key, event_id=decoded.event_id)
+        if deliveries > self.settings.max_deliver:
+            await self._dead_letter(msg, decoded, seq, deliveries, "earlier attempts crashed")
+            return
+        fold, _record = await self.records.fold(
+            key,
+            organization=decoded.organization,
+            name=decoded.name,
+            generation=decoded.generation or seq,
+            event_id=decoded.event_id,
+            spec=decoded.spec,
+        )
+        if fold is Fold.STALE:
+            self.counters.stale += 1
+            log.info("stale event ignored")
+            await msg.ack()
+            return
+        outcome = await self.queue.run_now(key)
+        result = outcome.result
+        if outcome.retry:
+            if deliveries >= self.settings.max_deliver:
+                await self._dead_letter(msg, decoded, seq, deliveries, result.message)
+            else:
+                await msg.nak(delay=backoff(deliveries))
+            return
+        if result.state == "Error":
+            await self._publish_error(
+                "rejected", result.reason, result.message, msg, seq, deliveries,
+                decoded.event_id, decoded.organization, decoded.name,
+            )  # fmt: skip
+        await msg.ack()
+
+    async def _reject(self, msg: Msg, rej: intake.Rejected, seq: int, deliveries: int) -> None:
+        self.counters.rejected += 1
+        log.warning("event rejected", reason=rej.reason, error=rej.message)
+        await self._publish_error(
+            "rejected", rej.reason, rej.message, msg, seq, deliveries,
+            rej.event_id, rej.organization, rej.name,
+        )  # fmt: skip
+        if rej.organization and rej.name:
+            record, _ = await self.records.get(names.project_key(rej.organization, rej.name))
+            if record is None:
+                # A project that does not exist says why; an existing one keeps its state.
+                await self.statuses.publish(
+                    rej.organization, rej.name, seq, Result("Error", rej.reason, rej.message)
+                )
+        await msg.term()
+
+    async def _dead_letter(
+        self, msg: Msg, ev: intake.Accepted, seq: int, deliveries: int, why: str
+    ) -> None:
+        self.counters.dead_letters += 1
+        log.error("event dead-lettered", deliveries=deliveries, error=why)
+        await self._publish_error(
+            "dead-letter", "MaxDeliveriesExceeded",
+            f"gave up after {deliveries} deliveries: {why}", msg, seq, deliveries,
+            ev.event_id, ev.organization, ev.name,
+        )  # fmt: skip
+        await msg.term()
+
+    async def _publish_error(
+        self,
+        kind: str,
+        reason: str,
+        message: str,
+        msg: Msg,
+        seq: int,
+        deliveries: int,
+        event_id: str | None,
+        org: str | None,
+        project: str | None,
+    ) -> None:
+        record = ErrorEvent(
+            service=self.service,
+            kind="dead-letter" if kind == "dead-letter" else "rejected",
+            reason=reason,
+            message=message,
+            subject=msg.subject,
+            event_id=event_id,
+            stream_sequence=seq or None,
+            deliveries=deliveries,
+            organization=org,
+            project=project,
+            payload=msg.data[:MAX_PAYLOAD_ECHO].decode("utf-8", errors="replace"),
+            time=datetime.now(UTC),
+        )
+        make = subjects.dlq_subject if kind == "dead-letter" else subjects.error_subject
+        await self.js.publish(
+            make(self.service, org, project),
+            record.model_dump_json(by_alias=True).encode(),
+            stream=subjects.ERRORS_STREAM,
+        )
+
+    # -- reconcile -----------------------------------------------------------------------
+
+    async def _reconcile(self, key: str) -> Outcome:
+        org, project = names.split_key(key)
+        rid = uuid.uuid4().hex[:12]
+        logger = log.bind(project=key, reconcile_id=rid)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        record, revision = await self.records.get(key)
+        ctx = Context(key, org, project, record, self.peers)
+        retry = False
+        try:
+            result = await self.reconciler.reconcile(ctx)
+            self._failures.pop(key, None)
+        except PermanentError as exc:
+            result = Result("Error", exc.reason, exc.message)
+        except TemporaryError as exc:
+            result = Result("Error", exc.reason, exc.message, requeue_after=exc.delay)
+            retry = True
+        except Exception as exc:
+            attempt = self._failures[key] = self._failures.get(key, 0) + 1
+            logger.exception("reconcile failed", attempt=attempt)
+            result = Result("Error", "InternalError", repr(exc), requeue_after=backoff(attempt))
+            retry = True
+        self.counters.reconciles += 1
+        self.counters.reconcile_seconds += loop.time() - started
+        if result.state == "Error":
+            self.counters.reconcile_errors += 1
+            self.counters.last_error = f"{key}: {result.reason}: {result.message}"
+        logger.info(
+            "reconciled", state=result.state, reason=result.reason, generation=record and
+            record.generation, ms=round((loop.time() - started) * 1000, 1),
+        )  # fmt: skip
+        if record is not None or result.state != "Deleted":
+            await self.statuses.publish(org, project, record.generation if record else 0, result)
+        if result.requeue_after is not None:
+            self.queue.add_after(key, result.requeue_after)
+        if record is not None and record.deleted and result.state == "Deleted":
+            await self._maybe_forget(key, org, project, revision, record.deleted_at)
+        return Outcome(result, retry)
+
+    async def _maybe_forget(
+        self, key: str, org: str, project: str, revision: int, deleted_at: datetime | None
+    ) -> None:
+        """Purge a finished tombstone and its status once dependents are done too."""
+        age = (datetime.now(UTC) - deleted_at).total_seconds() if deleted_at else 0.0
+        wait = self.settings.tombstone_seconds - age
+        if wait > 0:
+            self.queue.add_after(key, wait)
+            return
+        for peer in self.reconciler.purge_after:
+            status = await self.peers.status(peer, org, project)
+            if status is not None and status.state != "Deleted":
+                self.queue.add_after(key, 2.0)
+                return
+        if await self.records.purge(key, revision):
+            await self.statuses.purge(org, project)
+            log.info("project forgotten", project=key)

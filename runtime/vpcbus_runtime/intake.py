@@ -1,0 +1,88 @@
+"""Decoding lifecycle events: bytes on a subject -> a validated event, or a clear rejection.
+
+Pure (no I/O); used by :mod:`.controller`. The rejection message names the offending
+field the way a user wrote it, so it can go straight into a status or a CLI message.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from vpcbus_proto import names, subjects
+from vpcbus_proto.events import MAX_EVENT_BYTES, ProjectDeleted, ProjectUpserted
+from vpcbus_proto.projects import ProjectSpec
+
+
+@dataclass(frozen=True)
+class Accepted:
+    organization: str
+    name: str
+    event_id: str
+    generation: int | None
+    spec: ProjectSpec | None  # None: deletion
+
+
+@dataclass(frozen=True)
+class Rejected:
+    reason: str
+    message: str
+    event_id: str | None = None
+    organization: str | None = None
+    name: str | None = None
+
+
+def _identity(raw: object) -> tuple[str | None, str | None, str | None]:
+    """Best-effort org, project and id from a payload that failed validation."""
+    if not isinstance(raw, dict):
+        return None, None, None
+    data = raw.get("data")
+    org = data.get("organization") if isinstance(data, dict) else None
+    name = data.get("name") if isinstance(data, dict) else None
+    event_id = raw.get("id") if isinstance(raw.get("id"), str) else None
+    if not (isinstance(org, str) and isinstance(name, str)):
+        return None, None, event_id
+    if not (names.is_label(org) and names.is_label(name)):
+        return None, None, event_id
+    return org, name, event_id
+
+
+def describe(exc: ValidationError) -> str:
+    """One line per problem: ``data.cidrBlock: cidrBlock '10.0.0.0/33' is not ...``."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        where = ".".join(str(p) for p in err["loc"]) or "event"
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{where}: {msg}")
+    return "; ".join(lines)
+
+
+def decode(subject: str, data: bytes) -> Accepted | Rejected:
+    if len(data) > MAX_EVENT_BYTES:
+        return Rejected("EventTooLarge", f"event is {len(data)} bytes; limit {MAX_EVENT_BYTES}")
+    if subject not in subjects.PROJECT_EVENTS:
+        return Rejected("UnknownSubject", f"no lifecycle event is published on {subject!r}")
+    try:
+        raw = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return Rejected("InvalidEvent", f"event is not JSON: {exc}")
+    org, name, event_id = _identity(raw)
+    model = ProjectDeleted if subject == subjects.PROJECT_DELETED else ProjectUpserted
+    try:
+        event = model.model_validate(raw)
+    except ValidationError as exc:
+        reason = "InvalidSpec" if org and name else "InvalidEvent"
+        return Rejected(reason, describe(exc), event_id, org, name)
+    expected = subjects.event_type(subject)
+    if event.type != expected:
+        return Rejected(
+            "TypeMismatch",
+            f"event type {event.type!r} does not match subject {subject!r} (want {expected!r})",
+            event.id,
+            event.data.organization,
+            event.data.name,
+        )
+    spec = event.data if isinstance(event.data, ProjectSpec) else None
+    return Accepted(event.data.organization, event.data.name, event.id, event.generation, spec)

@@ -1,0 +1,65 @@
+"""The reconcile contract between the edge and a service.
+
+A service implements :class:`Reconciler`. The controller calls ``reconcile`` with the
+project's recorded desired state and a view of its peers' status; the service reads the
+actual state from its backend, converges it, and returns a :class:`Result`. "Waiting for
+something" is a ``Pending`` result with ``requeue_after``, not an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from vpcbus_proto.status import AddressFacts, ServiceStatus, State
+from vpcbus_proto.subjects import ServiceName
+from vpcbus_runtime.records import ProjectRecord
+
+
+class Peers(Protocol):
+    """Read access to other services' latest status for a project."""
+
+    async def status(self, service: ServiceName, org: str, project: str) -> ServiceStatus | None:
+        """The peer's last published status, or None when it never reported."""
+        ...
+
+
+@dataclass(frozen=True)
+class Context:
+    """Everything a reconcile run gets: the key, the record (None: never heard of it)."""
+
+    key: str
+    organization: str
+    project: str
+    record: ProjectRecord | None
+    peers: Peers
+
+
+@dataclass(frozen=True)
+class Result:
+    """The outcome of one reconcile, published as the service's status."""
+
+    state: State
+    reason: str
+    message: str = ""
+    requeue_after: float | None = None
+    addresses: AddressFacts | None = None
+    objects: Sequence[str] = field(default_factory=tuple)
+
+
+class Reconciler(Protocol):
+    """What a service provides to :func:`vpcbus_runtime.service.run`."""
+
+    #: Peers whose status changes should trigger a reconcile of the same project.
+    watches: Sequence[ServiceName]
+    #: Peers that must report Deleted (or nothing) before this service forgets a project.
+    purge_after: Sequence[ServiceName]
+
+    async def reconcile(self, ctx: Context) -> Result:
+        """Converge the backend to ``ctx.record`` and say how it went."""
+        ...
+
+    async def owned_keys(self) -> Sequence[str]:
+        """Project keys that have backend objects owned by this service (for orphan GC)."""
+        ...

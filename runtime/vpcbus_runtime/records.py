@@ -1,0 +1,128 @@
+"""A service's recorded desired state per project, kept in its own KV bucket.
+
+An incoming lifecycle event is folded into the record with compare-and-set. The record's
+``generation`` is the event's generation, or its stream sequence when the publisher sent
+none; an event that does not raise it is stale and changes nothing. A deletion leaves a
+tombstone (``spec is None``) so late or redelivered events for the project are recognised;
+the controller purges it once teardown is complete and ``tombstone_seconds`` have passed.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.kv import KeyValue
+from pydantic import BaseModel, ConfigDict
+
+from vpcbus_proto.projects import ProjectSpec
+
+KEY_PREFIX = "project."
+
+
+class ProjectRecord(BaseModel):
+    """What the service was last asked to make of a project."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    organization: str
+    name: str
+    generation: int
+    event_id: str
+    spec: ProjectSpec | None
+    deleted_at: datetime | None = None
+    #: The spec before the latest accepted change (for immutability checks).
+    previous_spec: ProjectSpec | None = None
+
+    @property
+    def deleted(self) -> bool:
+        return self.spec is None
+
+
+class Fold(enum.Enum):
+    """What folding one event into the record did."""
+
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    STALE = "stale"
+
+
+def kv_key(project_key: str) -> str:
+    return KEY_PREFIX + project_key
+
+
+class RecordStore:
+    """Typed access to ``project.<org>.<project>`` keys of one service's bucket."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+
+    async def get(self, project_key: str) -> tuple[ProjectRecord | None, int]:
+        """The record and its KV revision (0 when absent)."""
+        try:
+            entry = await self.kv.get(kv_key(project_key))
+        except KeyNotFoundError:
+            return None, 0
+        if entry.value is None:
+            return None, 0
+        return ProjectRecord.model_validate_json(entry.value), entry.revision or 0
+
+    async def keys(self) -> list[str]:
+        try:
+            raw = await self.kv.keys()
+        except NoKeysError:
+            return []
+        return [k.removeprefix(KEY_PREFIX) for k in raw if k.startswith(KEY_PREFIX)]
+
+    async def fold(
+        self,
+        project_key: str,
+        *,
+        organization: str,
+        name: str,
+        generation: int,
+        event_id: str,
+        spec: ProjectSpec | None,
+    ) -> tuple[Fold, ProjectRecord | None]:
+        """Fold one event in; retries compare-and-set races until the outcome is decided."""
+        while True:
+            current, revision = await self.get(project_key)
+            if current is not None:
+                if generation < current.generation:
+                    return Fold.STALE, current
+                if generation == current.generation:
+                    same = current.event_id == event_id
+                    return (Fold.DUPLICATE if same else Fold.STALE), current
+            record = ProjectRecord(
+                organization=organization,
+                name=name,
+                generation=generation,
+                event_id=event_id,
+                spec=spec,
+                deleted_at=datetime.now(UTC) if spec is None else None,
+                previous_spec=current.spec if current is not None else None,
+            )
+            payload = record.model_dump_json().encode()
+            try:
+                if revision:
+                    await self.kv.update(kv_key(project_key), payload, last=revision)
+                else:
+                    await self.kv.create(kv_key(project_key), payload)
+            except KeyWrongLastSequenceError:
+                continue
+            return Fold.APPLIED, record
+
+    async def purge(self, project_key: str, revision: int) -> bool:
+        """Remove a tombstone if nobody rewrote it meanwhile; True when it is gone."""
+        current, rev = await self.get(project_key)
+        if current is None:
+            return True
+        if rev != revision or not current.deleted:
+            return False
+        try:
+            await self.kv.delete(kv_key(project_key), last=rev)
+        except KeyWrongLastSequenceError:
+            return False
+        await self.kv.purge(kv_key(project_key))
+        return True

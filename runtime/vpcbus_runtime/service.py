@@ -1,0 +1,108 @@
+"""Process wiring for a service: settings, logging, NATS, streams, controller, discovery.
+
+Each service's ``__main__`` calls :func:`main` with its name and a factory that builds its
+reconciler. The process registers with ``nats.micro`` (``$SRV.PING|INFO|STATS``) and
+exits cleanly on SIGTERM / SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+
+import nats.micro
+import structlog
+from nats.js import JetStreamContext
+from nats.micro.request import Request
+from nats.micro.service import Service
+
+from vpcbus_proto import subjects
+from vpcbus_proto.subjects import ServiceName
+from vpcbus_runtime import bus, logs
+from vpcbus_runtime.controller import Controller
+from vpcbus_runtime.reconciling import Reconciler
+from vpcbus_runtime.records import RecordStore
+from vpcbus_runtime.settings import Settings
+
+VERSION = "0.1.0"
+
+Factory = Callable[[Settings, JetStreamContext], Awaitable[Reconciler]]
+
+log = structlog.get_logger()
+
+
+async def _register(controller: Controller) -> Service:
+    def stats(_endpoint: object) -> dict[str, object]:
+        data = asdict(controller.counters)
+        data["started"] = controller.counters.started.isoformat()
+        data["queue_depth"] = len(controller.queue)
+        return data
+
+    svc = await nats.micro.add_service(
+        controller.nc,
+        name=f"vpcbus-{controller.service}",
+        version=VERSION,
+        description=f"vpcbus {controller.service} reconciler",
+        stats_handler=stats,
+    )
+
+    async def status(req: Request) -> None:
+        body = json.loads(req.data or b"{}")
+        key = f"{body.get('organization', '')}.{body.get('project', '')}"
+        record, revision = await controller.records.get(key)
+        await req.respond(
+            json.dumps(
+                {
+                    "record": record.model_dump(mode="json") if record else None,
+                    "revision": revision,
+                }
+            ).encode()
+        )
+
+    await svc.add_endpoint(
+        name="status", handler=status, subject=f"vpcbus.svc.{controller.service}.status"
+    )
+    await controller.nc.flush()
+    return svc
+
+
+async def serve(service: ServiceName, factory: Factory, settings: Settings) -> None:
+    logs.configure(service, fmt=settings.log_format, level=settings.log_level)
+    nc = await bus.connect(
+        settings.nats_url,
+        name=f"vpcbus-{service}-{settings.instance}",
+        user=settings.nats_user,
+        password=settings.nats_password,
+    )
+    js = nc.jetstream()
+    await bus.ensure_streams(js)
+    kv = await bus.ensure_bucket(js, subjects.kv_bucket(service))
+    reconciler = await factory(settings, js)
+    controller = Controller(service, reconciler, nc, js, RecordStore(kv), settings)
+    await controller.start()
+    micro = await _register(controller)
+    log.info("service started", nats=settings.nats_url, instance=settings.instance)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("service stopping")
+    await micro.stop()
+    await controller.stop()
+    close = getattr(reconciler, "close", None)
+    if close is not None:
+        close()
+    await nc.drain()
+
+
+def main(service: ServiceName, factory: Factory) -> None:
+    try:
+        asyncio.run(serve(service, factory, Settings()))
+    except KeyboardInterrupt:
+        sys.exit(130)

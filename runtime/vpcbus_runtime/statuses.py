@@ -1,0 +1,89 @@
+"""Publishing this service's status and reading its peers', over the status stream.
+
+The status stream keeps the last message per subject, so a peer's current status is one
+direct get (``Peers.status``). Publishing is de-duplicated in memory: an unchanged outcome
+is not republished on every resync.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import nats.errors
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from vpcbus_proto import names, subjects
+from vpcbus_proto.status import ServiceStatus
+from vpcbus_proto.subjects import ServiceName
+from vpcbus_runtime.reconciling import Result
+
+
+class StatusPublisher:
+    def __init__(self, js: JetStreamContext, service: ServiceName) -> None:
+        self.js = js
+        self.service = service
+        self._last: dict[str, tuple[object, ...]] = {}
+
+    async def publish(
+        self, org: str, project: str, generation: int, result: Result, *, force: bool = False
+    ) -> ServiceStatus | None:
+        """Publish ``result`` unless the same outcome was the last one published."""
+        fingerprint = (
+            generation,
+            result.state,
+            result.reason,
+            result.message,
+            result.addresses,
+            tuple(result.objects),
+        )
+        key = names.project_key(org, project)
+        if not force and self._last.get(key) == fingerprint:
+            return None
+        status = ServiceStatus(
+            service=self.service,
+            organization=org,
+            project=project,
+            namespace=names.namespace(org, project),
+            generation=generation,
+            state=result.state,
+            reason=result.reason,
+            message=result.message,
+            observed_at=datetime.now(UTC),
+            addresses=result.addresses,
+            objects=list(result.objects),
+        )
+        await self.js.publish(
+            subjects.status_subject(self.service, org, project),
+            status.model_dump_json(by_alias=True).encode(),
+            stream=subjects.STATUS_STREAM,
+        )
+        self._last[key] = fingerprint
+        return status
+
+    async def purge(self, org: str, project: str) -> None:
+        """Forget the project's status subject (after teardown and tombstone expiry)."""
+        await self.js.purge_stream(
+            subjects.STATUS_STREAM, subject=subjects.status_subject(self.service, org, project)
+        )
+        self._last.pop(names.project_key(org, project), None)
+
+
+class StreamPeers:
+    """:class:`~vpcbus_runtime.reconciling.Peers` backed by direct gets on the status stream."""
+
+    def __init__(self, js: JetStreamContext) -> None:
+        self.js = js
+
+    async def status(self, service: ServiceName, org: str, project: str) -> ServiceStatus | None:
+        try:
+            msg = await self.js.get_last_msg(
+                subjects.STATUS_STREAM,
+                subjects.status_subject(service, org, project),
+                direct=True,
+            )
+        except (NotFoundError, nats.errors.NoRespondersError):
+            return None  # no such status, or no status stream yet
+        if not msg.data:
+            return None
+        return ServiceStatus.model_validate_json(msg.data)

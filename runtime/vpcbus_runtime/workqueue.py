@@ -1,0 +1,117 @@
+"""A per-key work queue: one run per key at a time, coalesced, with delayed requeues.
+
+The semantics of controller-runtime's workqueue: a key enqueued while it is queued is not
+queued twice; a key enqueued while it runs is run once more afterwards; different keys run
+in parallel on ``workers`` tasks. ``run_now`` lets a caller wait for a run that starts
+after the call (the event handler waits so it can ack or nak on the outcome).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass
+class _KeyState(Generic[T]):
+    queued: bool = False
+    running: bool = False
+    dirty: bool = False
+    waiting: list[asyncio.Future[T]] = field(default_factory=list)
+    timer: asyncio.TimerHandle | None = None
+    due: float = 0.0
+
+
+class WorkQueue(Generic[T]):
+    def __init__(self, handler: Callable[[str], Awaitable[T]], *, workers: int) -> None:
+        self._handler = handler
+        self._workers = workers
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._keys: dict[str, _KeyState[T]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._work()) for _ in range(self._workers)]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for state in self._keys.values():
+            if state.timer is not None:
+                state.timer.cancel()
+            for fut in state.waiting:
+                if not fut.done():
+                    fut.cancel()
+
+    def __len__(self) -> int:
+        return self._queue.qsize()
+
+    def add(self, key: str) -> None:
+        """Run ``key`` soon (coalesced with any pending run)."""
+        state = self._keys.setdefault(key, _KeyState())
+        if state.timer is not None:
+            state.timer.cancel()
+            state.timer = None
+        if state.running:
+            state.dirty = True
+        elif not state.queued:
+            state.queued = True
+            self._queue.put_nowait(key)
+
+    def add_after(self, key: str, delay: float) -> None:
+        """Run ``key`` after ``delay`` seconds unless something runs it sooner."""
+        loop = asyncio.get_running_loop()
+        state = self._keys.setdefault(key, _KeyState())
+        due = loop.time() + delay
+        if state.queued or (state.timer is not None and state.due <= due):
+            return
+        if state.timer is not None:
+            state.timer.cancel()
+        state.due = due
+        state.timer = loop.call_later(delay, self._fire, key)
+
+    def _fire(self, key: str) -> None:
+        state = self._keys.get(key)
+        if state is not None:
+            state.timer = None
+        self.add(key)
+
+    async def run_now(self, key: str) -> T:
+        """Enqueue ``key`` and wait for the outcome of a run that starts after this call."""
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._keys.setdefault(key, _KeyState()).waiting.append(fut)
+        self.add(key)
+        return await fut
+
+    async def _work(self) -> None:
+        while True:
+            key = await self._queue.get()
+            state = self._keys[key]
+            state.queued = False
+            state.running = True
+            waiting, state.waiting = state.waiting, []
+            try:
+                result = await self._handler(key)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # handed to whoever waits; the handler logs
+                for fut in waiting:
+                    if not fut.done():
+                        fut.set_exception(exc)
+            else:
+                for fut in waiting:
+                    if not fut.done():
+                        fut.set_result(result)
+            finally:
+                state.running = False
+                if state.dirty or state.waiting:
+                    state.dirty = False
+                    state.queued = True
+                    self._queue.put_nowait(key)
+                elif state.timer is None:
+                    del self._keys[key]

@@ -1,0 +1,45 @@
+"""The DNS applier: one ``DNS`` row per project, referenced only by the project switch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vpcbus_dns.desired import DesiredZone
+from vpcbus_runtime import ovn
+from vpcbus_runtime.errors import TemporaryError
+from vpcbus_runtime.ovn import Txn
+
+SERVICE = "dns"
+
+
+def converge_zone(api: Any, txn: Txn, want: DesiredZone) -> list[str]:
+    switch = ovn.find(api, "Logical_Switch", want.switch)
+    if switch is None:
+        raise TemporaryError("SwitchMissing", f"switch {want.switch} does not exist yet")
+    ids = ovn.ownership(SERVICE, want.key)
+    rows = ovn.owned(api, "DNS", SERVICE, want.key)
+    row = rows[0] if rows else ovn.insert(api, txn, "DNS", external_ids=ids)
+    for extra in rows[1:]:
+        _detach(api, extra)
+        extra.delete()
+    ovn.converge(row, records=dict(want.records), external_ids=ids)
+    ovn.ensure_member(switch, "dns_records", row)
+    return [f"DNS/{name}" for name in sorted(want.records)]
+
+
+def _detach(api: Any, dns: Any) -> None:
+    for ls in ovn.rows(api, "Logical_Switch"):
+        if any(r.uuid == dns.uuid for r in ls.dns_records):
+            ls.delvalue("dns_records", dns)
+
+
+def teardown_zone(api: Any, txn: Txn, key: str) -> int:
+    rows = ovn.owned(api, "DNS", SERVICE, key)
+    for row in rows:
+        _detach(api, row)
+        row.delete()
+    return len(rows)
+
+
+def owned_projects(api: Any) -> set[str]:
+    return ovn.owned_projects(api, ("DNS",), SERVICE)

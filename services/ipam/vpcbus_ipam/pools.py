@@ -1,0 +1,102 @@
+"""External address pools and subnet reservation math. Pure: no I/O.
+
+A pool is one external network (``cloud``, ``public``, ...): its CIDR, its gateway and its
+exclude ranges (Kube-OVN ``a..b`` form). Candidates are handed out lowest first; the
+network, broadcast and gateway addresses and every excluded address are never candidates.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+
+DEFAULT_POOLS: dict[str, dict[str, object]] = {
+    "cloud": {"cidr": "100.65.0.0/16", "gateway": "100.65.0.1", "exclude": []},
+}
+
+
+@dataclass(frozen=True)
+class Range:
+    first: IPv4Address
+    last: IPv4Address
+
+    def __contains__(self, ip: object) -> bool:
+        return isinstance(ip, IPv4Address) and self.first <= ip <= self.last
+
+    @classmethod
+    def parse(cls, text: str) -> Range:
+        """``10.0.0.5`` or ``10.0.0.5..10.0.0.9``."""
+        first, sep, last = text.partition("..")
+        lo = IPv4Address(first.strip())
+        hi = IPv4Address(last.strip()) if sep else lo
+        if hi < lo:
+            raise ValueError(f"exclude range {text!r} ends before it starts")
+        return cls(lo, hi)
+
+
+@dataclass(frozen=True)
+class Pool:
+    name: str
+    network: IPv4Network
+    gateway: IPv4Address
+    exclude: tuple[Range, ...] = ()
+
+    def reserved(self, ip: IPv4Address) -> bool:
+        """Never handed out: outside, network, broadcast, gateway or excluded."""
+        net = self.network
+        return (
+            ip not in net
+            or ip in (net.network_address, net.broadcast_address, self.gateway)
+            or any(ip in r for r in self.exclude)
+        )
+
+    def candidates(self, start: int = 0) -> Iterator[IPv4Address]:
+        """Allocatable addresses, lowest first, from host offset ``start``."""
+        base = int(self.network.network_address)
+        for offset in range(max(start, 1), self.network.num_addresses - 1):
+            ip = IPv4Address(base + offset)
+            if not self.reserved(ip):
+                yield ip
+
+    def offset(self, ip: IPv4Address) -> int:
+        return int(ip) - int(self.network.network_address)
+
+    def capacity(self) -> int:
+        return sum(1 for _ in self.candidates())
+
+
+def parse_pools(config: Mapping[str, Mapping[str, object]]) -> dict[str, Pool]:
+    """Pools from ``{"cloud": {"cidr": ..., "gateway": ..., "exclude": [...]}}``."""
+    pools = {}
+    for name, spec in config.items():
+        network = IPv4Network(str(spec["cidr"]), strict=True)
+        gateway = IPv4Address(str(spec.get("gateway", network.network_address + 1)))
+        if gateway not in network:
+            raise ValueError(f"pool {name}: gateway {gateway} is outside {network}")
+        raw_exclude = spec.get("exclude", [])
+        if not isinstance(raw_exclude, list):
+            raise ValueError(f"pool {name}: exclude must be a list")
+        exclude = tuple(Range.parse(str(r)) for r in raw_exclude)
+        pools[name] = Pool(name, network, gateway, exclude)
+    return pools
+
+
+def load_pools(raw_json: str | None) -> dict[str, Pool]:
+    """Pools from ``VPCBUS_POOLS`` (JSON) or the defaults (cloud only; public disabled)."""
+    return parse_pools(json.loads(raw_json) if raw_json else DEFAULT_POOLS)
+
+
+def overlapping_pool(cidr: IPv4Network, pools: Mapping[str, Pool]) -> Pool | None:
+    return next((p for p in pools.values() if p.network.overlaps(cidr)), None)
+
+
+def subnet_reserved(cidr: IPv4Network, gateway: IPv4Address) -> set[IPv4Address]:
+    """A project subnet's addresses that no workload may get."""
+    return {cidr.network_address, cidr.broadcast_address, gateway}
+
+
+def parse_ip(text: str) -> IPv4Address:
+    return ipaddress.IPv4Address(text)

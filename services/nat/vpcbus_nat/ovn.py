@@ -1,0 +1,68 @@
+"""The NAT applier: converge or remove one project's NAT rows in one NB transaction.
+
+A rule whose translated side changed is replaced, never patched: a new row means OVN
+flushes the old conntrack state with it (Kube-DC's FIP-patching bug, kube-dc-networking §1.3).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vpcbus_nat.desired import DesiredNat
+from vpcbus_runtime import ovn
+from vpcbus_runtime.errors import TemporaryError
+from vpcbus_runtime.ovn import OWNER, PROJECT, Row, Txn
+
+SERVICE = "nat"
+
+
+def _mine(row: Row, key: str) -> bool:
+    ids = row.external_ids
+    return bool(ids.get(OWNER) == SERVICE and ids.get(PROJECT) == key)
+
+
+def converge_nat(api: Any, txn: Txn, want: DesiredNat) -> list[str]:
+    router = ovn.find(api, "Logical_Router", want.router)
+    if router is None:
+        raise TemporaryError("RouterMissing", f"router {want.router} does not exist yet")
+    ids = ovn.ownership(SERVICE, want.key)
+    existing = [n for n in router.nat if _mine(n, want.key)]
+    kept: list[Row] = []
+    for rule in want.rules:
+        match = next(
+            (
+                n
+                for n in existing
+                if (n.type, n.logical_ip, n.external_ip)
+                == (rule.type, rule.logical_ip, rule.external_ip)
+                and n not in kept
+            ),
+            None,
+        )
+        if match is None:
+            match = ovn.insert(
+                api, txn, "NAT", type=rule.type, external_ip=rule.external_ip,
+                logical_ip=rule.logical_ip, external_ids=ids,
+            )  # fmt: skip
+            router.addvalue("nat", match)
+        kept.append(match)
+    for stale in existing:
+        if stale not in kept:
+            router.delvalue("nat", stale)
+            stale.delete()
+    return [f"NAT/{r.type}:{r.logical_ip}->{r.external_ip}" for r in want.rules]
+
+
+def teardown_nat(api: Any, txn: Txn, key: str) -> int:
+    removed = 0
+    for router in ovn.rows(api, "Logical_Router"):
+        for nat in list(router.nat):
+            if _mine(nat, key):
+                router.delvalue("nat", nat)
+                nat.delete()
+                removed += 1
+    return removed
+
+
+def owned_projects(api: Any) -> set[str]:
+    return ovn.owned_projects(api, ("NAT",), SERVICE)

@@ -1,0 +1,52 @@
+"""The NAT service's reconcile: SNAT once the router and the EIP exist; remove on delete."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from vpcbus_nat import desired, ovn
+from vpcbus_proto import names
+from vpcbus_proto.subjects import ServiceName
+from vpcbus_runtime.ovn import NbSession
+from vpcbus_runtime.reconciling import Context, Result
+
+GATEWAY_EIP = "default-gw"
+
+
+class NatReconciler:
+    watches: Sequence[ServiceName] = ("ipam", "vpc")
+    purge_after: Sequence[ServiceName] = ("vpc",)
+
+    def __init__(self, nb: NbSession) -> None:
+        self.nb = nb
+
+    def close(self) -> None:
+        self.nb.close()
+
+    async def owned_keys(self) -> Sequence[str]:
+        return sorted(await self.nb.read(ovn.owned_projects))
+
+    async def reconcile(self, ctx: Context) -> Result:
+        record = ctx.record
+        if record is None or record.spec is None:
+            await self.nb.transact(lambda api, txn: ovn.teardown_nat(api, txn, ctx.key))
+            return Result("Deleted", "TornDown")
+        ipam = await ctx.peers.status("ipam", ctx.organization, ctx.project)
+        vpc = await ctx.peers.status("vpc", ctx.organization, ctx.project)
+        for peer, status in (("Ipam", ipam), ("Vpc", vpc)):
+            if status is None or status.generation != record.generation or status.state != "Ready":
+                detail = f"{status.state} {status.reason}" if status else "no status yet"
+                return Result("Pending", f"WaitingFor{peer}", f"{peer.lower()}: {detail}")
+        assert ipam is not None
+        gw = ipam.addresses.eip(GATEWAY_EIP) if ipam.addresses else None
+        if gw is None:
+            return Result("Pending", "WaitingForIpam", "ipam reports no default-gw EIP")
+        want = desired.build(
+            ctx.key, names.namespace(ctx.organization, ctx.project), record.spec.cidr_block,
+            gw.ip_address,
+        )  # fmt: skip
+        objects = await self.nb.transact(lambda api, txn: ovn.converge_nat(api, txn, want))
+        return Result(
+            "Ready", "Reconciled", f"SNAT {record.spec.cidr_block} -> {gw.ip_address}",
+            objects=objects,
+        )  # fmt: skip

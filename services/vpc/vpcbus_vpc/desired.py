@@ -1,0 +1,105 @@
+"""What a project's VPC is, as plain data. Pure: no I/O, no clients.
+
+Names follow Kube-OVN, so operators find what they expect in the NB (``N`` is the backing
+namespace ``<org>-<project>``):
+
+* router ``N`` (a gateway router pinned to the gateway chassis)
+* switch ``N-default``, router port ``N-N-default`` at the gateway address, switch port
+  ``N-default-N``
+* router port ``N-ext-<network>`` at the gateway EIP (Kube-DC's ``<N>-ext-cloud`` OvnEip),
+  switch port ``ext-<network>-N`` on the shared external switch ``ext-<network>``
+* static route ``0.0.0.0/0`` via the external network's gateway
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from vpcbus_proto.projects import ProjectSpec
+from vpcbus_proto.status import AddressFacts, ExternalAddress
+
+
+@dataclass(frozen=True)
+class PortPair:
+    """A router port and the switch port patched to it."""
+
+    router_port: str
+    switch_port: str
+    switch: str
+    mac: str
+    network: str  # "<ip>/<prefix>" of the router port
+    nat_addresses: bool = False
+
+
+@dataclass(frozen=True)
+class Route:
+    prefix: str
+    nexthop: str
+
+
+@dataclass(frozen=True)
+class DesiredVpc:
+    key: str
+    namespace: str
+    router: str
+    chassis: str
+    switch: str
+    lan: PortPair
+    external: PortPair
+    external_network: str
+    routes: tuple[Route, ...]
+
+    def objects(self) -> list[str]:
+        return [
+            f"Logical_Router/{self.router}",
+            f"Logical_Switch/{self.switch}",
+            f"Logical_Router_Port/{self.lan.router_port}",
+            f"Logical_Router_Port/{self.external.router_port}",
+        ]
+
+
+def mac_for(name: str) -> str:
+    """A stable, locally administered unicast MAC derived from a port name."""
+    digest = hashlib.sha256(name.encode()).digest()
+    return "0a:" + ":".join(f"{b:02x}" for b in digest[:5])
+
+
+def external_switch(network: str) -> str:
+    return f"ext-{network}"
+
+
+def build(
+    key: str, namespace: str, spec: ProjectSpec, gw: ExternalAddress, facts: AddressFacts,
+    *, chassis: str,
+) -> DesiredVpc:  # fmt: skip
+    """The VPC of one project from its spec and IPAM's gateway EIP."""
+    router = namespace
+    switch = f"{namespace}-default"
+    ext_switch = external_switch(gw.network)
+    lan_port = f"{router}-{switch}"
+    ext_port = f"{router}-{ext_switch}"
+    return DesiredVpc(
+        key=key,
+        namespace=namespace,
+        router=router,
+        chassis=chassis,
+        switch=switch,
+        lan=PortPair(
+            router_port=lan_port,
+            switch_port=f"{switch}-{router}",
+            switch=switch,
+            mac=mac_for(lan_port),
+            network=f"{facts.gateway_ip}/{spec.network.prefixlen}",
+        ),
+        external=PortPair(
+            router_port=ext_port,
+            switch_port=f"{ext_switch}-{router}",
+            switch=ext_switch,
+            mac=mac_for(ext_port),
+            network=f"{gw.ip_address}/{gw.prefix_length}",
+            nat_addresses=True,
+        ),
+        external_network=gw.network,
+        routes=(Route("0.0.0.0/0", gw.gateway),),
+    )

@@ -1,0 +1,130 @@
+"""The VPC applier: converge or remove one project's VPC rows in one NB transaction.
+
+Every function here runs inside :meth:`vpcbus_runtime.ovn.NbSession.transact`, in the IDL
+thread. Only rows owned by ``vpc`` for the project are touched, plus the shared external
+switches (owned by ``vpc`` with no project), which are created on demand and never removed
+by a project's teardown.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vpcbus_runtime import ovn
+from vpcbus_runtime.ovn import OWNER, PROJECT, Row, Txn
+from vpcbus_vpc.desired import DesiredVpc, PortPair, external_switch
+
+SERVICE = "vpc"
+
+
+def ensure_external_switch(api: Any, txn: Txn, network: str) -> Row:
+    """The shared external switch of ``network`` with its localnet port."""
+    name = external_switch(network)
+    ids = ovn.ownership(SERVICE, None, **{"vpcbus-role": "external", "vpcbus-network": network})
+    ls = ovn.find(api, "Logical_Switch", name)
+    if ls is None:
+        ls = ovn.insert(api, txn, "Logical_Switch", name=name, external_ids=ids)
+    localnet = f"{name}-localnet"
+    lsp = ovn.find(api, "Logical_Switch_Port", localnet)
+    if lsp is None:
+        lsp = ovn.insert(api, txn, "Logical_Switch_Port", name=localnet, external_ids=ids)
+    ovn.converge(lsp, type="localnet", addresses=["unknown"], options={"network_name": network})
+    ovn.ensure_member(ls, "ports", lsp)
+    return ls
+
+
+def _router_port(api: Any, txn: Txn, router: Row, pair: PortPair, ids: dict[str, str]) -> None:
+    lrp = ovn.find(api, "Logical_Router_Port", pair.router_port)
+    if lrp is None:
+        lrp = ovn.insert(api, txn, "Logical_Router_Port", name=pair.router_port)
+    ovn.converge(lrp, mac=pair.mac, networks=[pair.network], external_ids=ids)
+    ovn.ensure_member(router, "ports", lrp)
+
+
+def _switch_port(api: Any, txn: Txn, switch: Row, pair: PortPair, ids: dict[str, str]) -> None:
+    lsp = ovn.find(api, "Logical_Switch_Port", pair.switch_port)
+    if lsp is None:
+        lsp = ovn.insert(api, txn, "Logical_Switch_Port", name=pair.switch_port)
+    options = {"router-port": pair.router_port}
+    if pair.nat_addresses:
+        options["nat-addresses"] = "router"
+    ovn.converge(lsp, type="router", addresses=["router"], options=options, external_ids=ids)
+    ovn.ensure_member(switch, "ports", lsp)
+
+
+def _routes(txn: Txn, api: Any, router: Row, want: DesiredVpc, ids: dict[str, str]) -> None:
+    mine = [r for r in router.static_routes if r.external_ids.get(OWNER) == SERVICE]
+    for route in want.routes:
+        match = next((r for r in mine if r.ip_prefix == route.prefix), None)
+        if match is None:
+            match = ovn.insert(api, txn, "Logical_Router_Static_Route", ip_prefix=route.prefix)
+            router.addvalue("static_routes", match)
+        else:
+            mine.remove(match)
+        ovn.converge(match, nexthop=route.nexthop, external_ids=ids)
+    for stale in mine:
+        router.delvalue("static_routes", stale)
+        stale.delete()
+
+
+def _drop_stale_ports(api: Any, want: DesiredVpc) -> None:
+    keep_lrp = {want.lan.router_port, want.external.router_port}
+    keep_lsp = {want.lan.switch_port, want.external.switch_port}
+    for lr in ovn.rows(api, "Logical_Router"):
+        for lrp in list(lr.ports):
+            if _mine(lrp, want.key) and lrp.name not in keep_lrp:
+                lr.delvalue("ports", lrp)
+                lrp.delete()
+    for ls in ovn.rows(api, "Logical_Switch"):
+        for lsp in list(ls.ports):
+            if _mine(lsp, want.key) and lsp.name not in keep_lsp:
+                ls.delvalue("ports", lsp)
+                lsp.delete()
+
+
+def _mine(row: Row, key: str) -> bool:
+    ids = row.external_ids
+    return bool(ids.get(OWNER) == SERVICE and ids.get(PROJECT) == key)
+
+
+def converge_vpc(api: Any, txn: Txn, want: DesiredVpc) -> None:
+    ids = ovn.ownership(SERVICE, want.key, **{"vpcbus-namespace": want.namespace})
+    router = ovn.find(api, "Logical_Router", want.router)
+    if router is None:
+        router = ovn.insert(api, txn, "Logical_Router", name=want.router)
+    ovn.converge(router, options={"chassis": want.chassis}, external_ids=ids)
+    switch = ovn.find(api, "Logical_Switch", want.switch)
+    if switch is None:
+        switch = ovn.insert(api, txn, "Logical_Switch", name=want.switch)
+    ovn.converge(switch, external_ids=ids)
+    _router_port(api, txn, router, want.lan, ids)
+    _switch_port(api, txn, switch, want.lan, ids)
+    ext_switch = ensure_external_switch(api, txn, want.external_network)
+    _router_port(api, txn, router, want.external, ids)
+    _switch_port(api, txn, ext_switch, want.external, ids)
+    _routes(txn, api, router, want, ids)
+    _drop_stale_ports(api, want)
+
+
+def teardown_vpc(api: Any, txn: Txn, key: str) -> list[str]:
+    """Remove the project's ports on shared switches, then its switch, then its router."""
+    removed = []
+    for ls in ovn.rows(api, "Logical_Switch"):
+        if _mine(ls, key):
+            continue
+        for lsp in list(ls.ports):
+            if _mine(lsp, key):
+                removed.append(f"Logical_Switch_Port/{lsp.name}")
+                ls.delvalue("ports", lsp)
+                lsp.delete()
+    for ls in ovn.owned(api, "Logical_Switch", SERVICE, key):
+        removed.append(f"Logical_Switch/{ls.name}")
+        ls.delete()
+    for lr in ovn.owned(api, "Logical_Router", SERVICE, key):
+        removed.append(f"Logical_Router/{lr.name}")
+        lr.delete()
+    return removed
+
+
+def owned_projects(api: Any) -> set[str]:
+    return ovn.owned_projects(api, ("Logical_Router", "Logical_Switch"), SERVICE)

@@ -1,0 +1,80 @@
+"""The VPC service's reconcile: build the VPC once IPAM has admitted the project; tear it
+down once NAT and DNS no longer use it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import structlog
+
+from vpcbus_proto import names
+from vpcbus_proto.subjects import ServiceName
+from vpcbus_runtime.ovn import NbSession
+from vpcbus_runtime.reconciling import Context, Result
+from vpcbus_vpc import desired, ovn
+
+GATEWAY_EIP = "default-gw"
+
+log = structlog.get_logger()
+
+
+def log_removed(removed: list[str]) -> None:
+    if removed:
+        log.info("vpc torn down", objects=removed)
+
+
+class VpcReconciler:
+    watches: Sequence[ServiceName] = ("ipam", "nat", "dns")
+    purge_after: Sequence[ServiceName] = ("ipam",)
+
+    def __init__(self, nb: NbSession, *, chassis: str) -> None:
+        self.nb = nb
+        self.chassis = chassis
+
+    def close(self) -> None:
+        self.nb.close()
+
+    async def owned_keys(self) -> Sequence[str]:
+        return sorted(await self.nb.read(ovn.owned_projects))
+
+    async def reconcile(self, ctx: Context) -> Result:
+        record = ctx.record
+        if record is None or record.spec is None:
+            if record is not None:
+                for peer in ("nat", "dns"):
+                    status = await ctx.peers.status(peer, ctx.organization, ctx.project)
+                    if (
+                        status is None
+                        or status.state != "Deleted"
+                        or (status.generation < record.generation)
+                    ):
+                        return Result(
+                            "Pending",
+                            f"WaitingFor{peer.capitalize()}Teardown",
+                            f"the router is removed after {peer} releases it",
+                        )
+            removed = await self.nb.transact(lambda api, txn: ovn.teardown_vpc(api, txn, ctx.key))
+            log_removed(removed)
+            return Result("Deleted", "TornDown")
+        ipam = await ctx.peers.status("ipam", ctx.organization, ctx.project)
+        if (
+            ipam is None
+            or ipam.generation != record.generation
+            or ipam.state != "Ready"
+            or ipam.addresses is None
+            or ipam.addresses.eip(GATEWAY_EIP) is None
+        ):
+            detail = f"ipam: {ipam.state} {ipam.reason} {ipam.message}" if ipam else "ipam: -"
+            return Result("Pending", "WaitingForIpam", detail.strip())
+        gw = ipam.addresses.eip(GATEWAY_EIP)
+        assert gw is not None
+        want = desired.build(
+            ctx.key,
+            names.namespace(ctx.organization, ctx.project),
+            record.spec,
+            gw,
+            ipam.addresses,
+            chassis=self.chassis,
+        )
+        await self.nb.transact(lambda api, txn: ovn.converge_vpc(api, txn, want))
+        return Result("Ready", "Reconciled", f"router {want.router}", objects=want.objects())
