@@ -34,6 +34,15 @@ class Rejected:
     name: str | None = None
 
 
+def _utf8(text: str) -> bool:
+    """False for strings JSON can carry but UTF-8 cannot: lone surrogates (``"\\ud800"``)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _identity(raw: object) -> tuple[str | None, str | None, str | None]:
     """Best-effort org, project and id from a payload that failed validation."""
     if not isinstance(raw, dict):
@@ -42,6 +51,8 @@ def _identity(raw: object) -> tuple[str | None, str | None, str | None]:
     org = data.get("organization") if isinstance(data, dict) else None
     name = data.get("name") if isinstance(data, dict) else None
     event_id = raw.get("id") if isinstance(raw.get("id"), str) else None
+    if event_id is not None and not _utf8(event_id):
+        event_id = None  # it could not be echoed in the error record
     if not (isinstance(org, str) and isinstance(name, str)):
         return None, None, event_id
     if not (names.is_label(org) and names.is_label(name)):
@@ -66,14 +77,15 @@ def decode(subject: str, data: bytes) -> Accepted | Rejected:
         return Rejected("UnknownSubject", f"no lifecycle event is published on {subject!r}")
     try:
         raw = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # also: too deep, int of > 4300 digits
         return Rejected("InvalidEvent", f"event is not JSON: {exc}")
     org, name, event_id = _identity(raw)
     model = ProjectDeleted if subject == subjects.PROJECT_DELETED else ProjectUpserted
     try:
         event = model.model_validate(raw)
     except ValidationError as exc:
-        reason = "InvalidSpec" if org and name else "InvalidEvent"
+        in_data = all(err["loc"][:1] == ("data",) for err in exc.errors())
+        reason = "InvalidSpec" if org and name and in_data else "InvalidEvent"
         return Rejected(reason, describe(exc), event_id, org, name)
     expected = subjects.event_type(subject)
     if event.type != expected:

@@ -97,7 +97,9 @@ class WorkQueue(Generic[T]):
             waiting, state.waiting = state.waiting, []
             try:
                 result = await self._handler(key)
-            except asyncio.CancelledError:
+            except asyncio.CancelledError:  # stop(): its waiters are no longer in state
+                for fut in waiting:
+                    fut.cancel()
                 raise
             except BaseException as exc:  # handed to whoever waits; the handler logs
                 for fut in waiting:
