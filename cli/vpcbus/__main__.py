@@ -1,0 +1,380 @@
+"""``vpcbus``: publish lifecycle events, read status, trace packets, run the stack.
+
+Exit codes: 0 success; 1 the request was rejected or failed (the message says why);
+2 usage error; 3 timed out waiting; 4 cannot reach NATS or OVN.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from vpcbus import stack, tables, tracing
+from vpcbus.client import Client, RejectedError, Statuses, WaitTimeoutError, deleted_at, ready_at
+from vpcbus_proto import names, subjects
+from vpcbus_proto.projects import ProjectRef, ProjectSpec
+from vpcbus_proto.status import project_ready
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def endpoints(home: Path) -> dict[str, str]:
+    """NATS_URL / OVN_NB_DB / OVN_SB_DB: environment first, then a running embedded stack."""
+    state = stack.load_state(home)
+    return {
+        "nats": os.environ.get("NATS_URL")
+        or (state.nats_url if state else "nats://127.0.0.1:4222"),
+        "nb": os.environ.get("OVN_NB_DB")
+        or (state.ovn_nb_db if state else "unix:/var/run/ovn/ovnnb_db.sock"),
+        "sb": os.environ.get("OVN_SB_DB")
+        or (state.ovn_sb_db if state else "unix:/var/run/ovn/ovnsb_db.sock"),
+    }
+
+
+def parse_ref(text: str) -> tuple[str, str]:
+    org, sep, name = text.partition("/")
+    if not sep or not names.is_label(org) or not names.is_label(name):
+        raise CliError(f"{text!r} is not ORG/PROJECT (lower-case DNS labels)", EXIT_USAGE)
+    return org, name
+
+
+async def connect(home: Path) -> Client:
+    url = endpoints(home)["nats"]
+    try:
+        client = await Client.connect(url)
+    except Exception as exc:
+        raise CliError(f"cannot connect to NATS at {url}: {exc}", EXIT_UNREACHABLE) from exc
+    await client.ensure_streams()
+    return client
+
+
+def _progress(statuses: Statuses) -> None:
+    if sys.stderr.isatty():
+        line = " ".join(f"{k}={getattr(v, 'state', '?')}" for k, v in sorted(statuses.items()))
+        print(f"\r  waiting: {line}   ", end="", file=sys.stderr, flush=True)
+
+
+async def project_upsert(args: argparse.Namespace, *, update: bool) -> int:
+    org, name = parse_ref(args.project)
+    try:
+        spec = ProjectSpec(
+            organization=org,
+            name=name,
+            cidr_block=args.cidr,
+            egress_network_type=args.egress,
+            gw_lan_ip=args.gw_lan_ip,
+        )
+    except ValidationError as exc:
+        problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+        raise CliError(f"invalid project: {problems}") from exc
+    client = await connect(args.home)
+    try:
+        watch = await client.watch(org, name)
+        published = await client.upsert(spec, update=update, generation=args.generation)
+        verb = "updated" if update else "created"
+        print(f"project {org}/{name} {verb} (generation {published.generation})")
+        if not args.wait:
+            return EXIT_OK
+        await watch.until(
+            ready_at(published.generation), timeout=args.timeout,
+            event_id=published.event_id, progress=_progress,
+        )  # fmt: skip
+        _clear()
+        print(f"project {org}/{name} is Ready")
+        return EXIT_OK
+    finally:
+        await client.close()
+
+
+async def project_delete(args: argparse.Namespace) -> int:
+    org, name = parse_ref(args.project)
+    client = await connect(args.home)
+    try:
+        watch = await client.watch(org, name)
+        published = await client.delete(ProjectRef(organization=org, name=name))
+        print(f"project {org}/{name} deletion requested (generation {published.generation})")
+        if args.wait:
+            await watch.until(
+                deleted_at(published.generation), timeout=args.timeout,
+                event_id=published.event_id, progress=_progress,
+            )  # fmt: skip
+            _clear()
+            print(f"project {org}/{name} deleted")
+        return EXIT_OK
+    finally:
+        await client.close()
+
+
+def _clear() -> None:
+    if sys.stderr.isatty():
+        print("\r" + " " * 70 + "\r", end="", file=sys.stderr)
+
+
+async def project_list(args: argparse.Namespace) -> int:
+    client = await connect(args.home)
+    try:
+        everything = await client.all_statuses()
+    finally:
+        await client.close()
+    rows = []
+    now = datetime.now(UTC)
+    for key in sorted(everything):
+        st = everything[key]
+        if st and all(s.state == "Deleted" for s in st.values()):
+            continue
+        ipam = st.get("ipam")
+        facts = ipam.addresses if ipam else None
+        first = min(s.observed_at for s in st.values())
+        org, name = names.split_key(key)
+        rows.append([
+            f"{org}/{name}", names.namespace(org, name),
+            facts.cidr_block if facts else "-", facts.egress_network_type if facts else "-",
+            str(project_ready(st)).lower(), tables.age(now - first),
+        ])  # fmt: skip
+    tables.show(["NAME", "NAMESPACE", "CIDR", "EGRESS", "READY", "AGE"], rows)
+    return EXIT_OK
+
+
+async def project_get(args: argparse.Namespace) -> int:
+    org, name = parse_ref(args.project)
+    client = await connect(args.home)
+    try:
+        st = await client.statuses(org, name)
+    finally:
+        await client.close()
+    if not st:
+        raise CliError(f"project {org}/{name} not found")
+    rows = [
+        [s, v.state, str(v.generation), v.reason, v.message]
+        for s, v in sorted(st.items(), key=lambda kv: subjects.SERVICES.index(kv[0]))
+    ]
+    tables.show(["SERVICE", "STATE", "GENERATION", "REASON", "MESSAGE"], rows)
+    print(f"ready: {str(project_ready(st)).lower()}")
+    return EXIT_OK
+
+
+async def get_eip(args: argparse.Namespace) -> int:
+    org, name = parse_ref(args.project)
+    client = await connect(args.home)
+    try:
+        ipam = await client.status("ipam", org, name)
+    finally:
+        await client.close()
+    if ipam is None or ipam.addresses is None:
+        raise CliError(
+            f"project {org}/{name} has no EIPs"
+            + (f" ({ipam.reason}: {ipam.message})" if ipam else "")
+        )
+    age = tables.age(datetime.now(UTC) - ipam.observed_at)
+    rows = [
+        [e.name, e.ip_address, e.network.capitalize(), str(e.ready).lower(), age,
+         e.ownership_type, str(len(e.owners))]
+        for e in ipam.addresses.eips
+    ]  # fmt: skip
+    tables.show(
+        ["NAME", "EXTERNAL IP", "NETWORK TYPE", "READY", "AGE", "OWNERSHIP", "OWNERS"], rows
+    )
+    return EXIT_OK
+
+
+def trace_cmd(args: argparse.Namespace) -> int:
+    org, name = parse_ref(args.project)
+    ep = endpoints(args.home)
+    protocol, port = "icmp", None
+    if args.tcp is not None:
+        protocol, port = "tcp", args.tcp
+    elif args.udp is not None:
+        protocol, port = "udp", args.udp
+    packet = tracing.Packet(args.src, args.dst, protocol, port)
+    try:
+        verdict = tracing.trace(ep["nb"], ep["sb"], org, name, packet)
+    except Exception as exc:
+        raise CliError(f"trace failed: {exc}") from exc
+    if args.verbose:
+        print(verdict.raw)
+    print(verdict.words())
+    return EXIT_OK if verdict.delivered else EXIT_FAILED
+
+
+async def errors_cmd(args: argparse.Namespace) -> int:
+    client = await connect(args.home)
+    try:
+        errs = await client.errors(args.limit)
+    finally:
+        await client.close()
+    rows = [
+        [
+            e.time.strftime("%H:%M:%S"),
+            e.service,
+            e.kind,
+            f"{e.organization or '_'}/{e.project or '_'}",
+            e.reason,
+            e.message[:80],
+        ]
+        for e in errs
+    ]
+    tables.show(["TIME", "SERVICE", "KIND", "PROJECT", "REASON", "MESSAGE"], rows)
+    return EXIT_OK
+
+
+def up_cmd(args: argparse.Namespace) -> int:
+    with_chassis = not args.no_chassis and os.geteuid() == 0
+    if args.foreground:
+        stack.run(args.home, nats_port=args.nats_port, with_chassis=with_chassis)
+        return EXIT_OK
+    started = time.monotonic()
+    state = stack.up(args.home, nats_port=args.nats_port, with_chassis=with_chassis)
+    print(f"vpcbus is up in {time.monotonic() - started:.1f}s (home {state.home})")
+    print(f"  NATS_URL={state.nats_url}")
+    print(f"  OVN_NB_DB={state.ovn_nb_db}")
+    print(f"  chassis: {state.chassis or 'none (run as root for a local data path)'}")
+    return EXIT_OK
+
+
+def down_cmd(args: argparse.Namespace) -> int:
+    print("vpcbus stopped" if stack.down(args.home) else "vpcbus was not running")
+    return EXIT_OK
+
+
+def service_cmd(args: argparse.Namespace) -> int:
+    argv = [sys.executable, "-m", f"vpcbus_{args.name}"]
+    os.execv(argv[0], argv)
+
+
+def ovn_central_cmd(args: argparse.Namespace) -> int:
+    """Run OVN NB + SB + northd in the foreground (the compose ovn-central container)."""
+    from vpcbus.embedded.ovn import OvnCentral
+
+    central = OvnCentral(
+        Path(args.rundir), nb_remotes=args.nb_remote or (), sb_remotes=args.sb_remote or ()
+    )
+    central.start()
+    print(f"ovn-central ready: OVN_NB_DB={central.nb_db} OVN_SB_DB={central.sb_db}", flush=True)
+    import signal
+
+    stop = False
+
+    def _stop(_s: int, _f: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        while not stop and central.is_running():
+            time.sleep(0.5)
+    finally:
+        central.stop()
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vpcbus", description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--home",
+        type=Path,
+        default=stack.default_home(),
+        help="embedded stack directory (default: %(default)s; env VPCBUS_HOME)",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start the embedded stack (nats, OVN, chassis, services)")
+    up.add_argument("--foreground", action="store_true", help="run the supervisor here")
+    up.add_argument("--no-chassis", action="store_true", help="no local data path")
+    up.add_argument("--nats-port", type=int, default=4222)
+    up.set_defaults(func=up_cmd)
+    sub.add_parser("down", help="stop the embedded stack").set_defaults(func=down_cmd)
+
+    svc = sub.add_parser("service", help="run one service in the foreground")
+    svc.add_argument("name", choices=subjects.SERVICES)
+    svc.set_defaults(func=service_cmd)
+
+    oc = sub.add_parser("ovn-central", help="run OVN NB/SB/northd in the foreground")
+    oc.add_argument("--rundir", required=True)
+    oc.add_argument("--nb-remote", action="append", help="extra NB listener, e.g. ptcp:6641")
+    oc.add_argument("--sb-remote", action="append", help="extra SB listener, e.g. ptcp:6642")
+    oc.set_defaults(func=ovn_central_cmd)
+
+    proj = sub.add_parser("project", help="create, update, delete, list projects")
+    psub = proj.add_subparsers(dest="verb", required=True)
+    for verb in ("create", "update"):
+        c = psub.add_parser(verb, help=f"{verb} a project (publishes project.{verb}d)")
+        c.add_argument("project", metavar="ORG/PROJECT")
+        c.add_argument("--cidr", required=True, help="cidrBlock, e.g. 10.0.0.0/24")
+        c.add_argument("--egress", default="cloud", choices=["cloud", "public"])
+        c.add_argument("--gw-lan-ip", default=None, help="gateway address inside the CIDR")
+        c.add_argument("--generation", type=int, default=None, help="explicit generation")
+        _wait_args(c)
+        c.set_defaults(func=lambda a, u=(verb == "update"): project_upsert(a, update=u))
+    d = psub.add_parser("delete", help="delete a project (publishes project.deleted)")
+    d.add_argument("project", metavar="ORG/PROJECT")
+    _wait_args(d)
+    d.set_defaults(func=project_delete)
+    psub.add_parser("list", help="list projects").set_defaults(func=project_list)
+    g = psub.add_parser("get", help="per-service conditions of one project")
+    g.add_argument("project", metavar="ORG/PROJECT")
+    g.set_defaults(func=project_get)
+
+    get = sub.add_parser("get", help="show resources")
+    gsub = get.add_subparsers(dest="kind", required=True)
+    eip = gsub.add_parser("eip", help="EIPs of a project")
+    eip.add_argument("-p", "--project", required=True, metavar="ORG/PROJECT")
+    eip.set_defaults(func=get_eip)
+
+    tr = sub.add_parser("trace", help="explain a packet's path with ovn-trace")
+    tr.add_argument("project", metavar="ORG/PROJECT")
+    tr.add_argument("src")
+    tr.add_argument("dst")
+    proto = tr.add_mutually_exclusive_group()
+    proto.add_argument("--tcp", type=int, metavar="PORT")
+    proto.add_argument("--udp", type=int, metavar="PORT")
+    tr.add_argument("-v", "--verbose", action="store_true", help="print the full trace")
+    tr.set_defaults(func=trace_cmd)
+
+    er = sub.add_parser("errors", help="recent rejected and dead-lettered events")
+    er.add_argument("--limit", type=int, default=20)
+    er.set_defaults(func=errors_cmd)
+    return p
+
+
+def _wait_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--wait", action="store_true", help="wait until done (or rejected)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        result = args.func(args)
+        code = asyncio.run(result) if asyncio.iscoroutine(result) else result
+    except RejectedError as exc:
+        _clear()
+        for err in exc.errors:
+            print(f"error: {err.service}: {err.reason}: {err.message}", file=sys.stderr)
+        code = EXIT_FAILED
+    except WaitTimeoutError as exc:
+        _clear()
+        print(f"error: timed out waiting: {exc}", file=sys.stderr)
+        code = EXIT_TIMEOUT
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = exc.code
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,270 @@
+"""A small client of the vpcbus bus: publish lifecycle events, read and await status.
+
+Used by the CLI, the test suite and the benchmark; anything it does, any NATS client can do
+(``nats pub project.created '<cloudevent>'``, ``nats sub 'vpcbus.status.>'``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import nats
+from nats.aio.client import Client as Nats
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext, api
+from nats.js.errors import NotFoundError
+
+from vpcbus_proto import events, names, subjects
+from vpcbus_proto.errors import ErrorEvent
+from vpcbus_proto.projects import ProjectRef, ProjectSpec
+from vpcbus_proto.status import ServiceStatus
+from vpcbus_runtime import bus
+
+Statuses = dict[str, ServiceStatus]
+
+
+class RejectedError(Exception):
+    """A service rejected the event (an error record names why)."""
+
+    def __init__(self, errors: list[ErrorEvent]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(f"{e.service}: {e.reason}: {e.message}" for e in errors))
+
+
+class WaitTimeoutError(Exception):
+    def __init__(self, statuses: Statuses) -> None:
+        self.statuses = statuses
+        detail = ", ".join(
+            f"{s}={st.state}({st.reason}{': ' + st.message if st.message else ''})"
+            for s, st in sorted(statuses.items())
+        )
+        super().__init__(detail or "no service reported")
+
+
+@dataclass(frozen=True)
+class Published:
+    event_id: str
+    sequence: int
+    generation: int
+    duplicate: bool
+
+
+class Client:
+    def __init__(self, nc: Nats) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream()
+
+    @classmethod
+    async def connect(cls, url: str, *, name: str = "vpcbus-cli") -> Client:
+        nc = await nats.connect(
+            servers=[u.strip() for u in url.split(",")],
+            name=name,
+            connect_timeout=2,
+            max_reconnect_attempts=3,
+            reconnect_time_wait=0.5,
+        )
+        return cls(nc)
+
+    async def ensure_streams(self) -> None:
+        """Declare the streams (idempotent), so publishing works before any service ran."""
+        await bus.ensure_streams(self.js)
+
+    async def close(self) -> None:
+        await self.nc.drain()
+
+    # -- publishing ----------------------------------------------------------------------
+
+    async def publish_body(self, subject: str, body: dict[str, object]) -> Published:
+        """Publish a CloudEvent body on a lifecycle subject, with ``Nats-Msg-Id`` = id."""
+        event_id = str(body["id"])
+        ack = await self.js.publish(
+            subject,
+            json.dumps(body).encode(),
+            headers={"Nats-Msg-Id": event_id},
+            stream=subjects.EVENTS_STREAM,
+        )
+        gen = body.get("generation")
+        generation = int(gen) if isinstance(gen, int) else ack.seq
+        return Published(event_id, ack.seq, generation, bool(ack.duplicate))
+
+    async def upsert(
+        self, spec: ProjectSpec, *, update: bool = False, generation: int | None = None
+    ) -> Published:
+        subject = subjects.PROJECT_UPDATED if update else subjects.PROJECT_CREATED
+        return await self.publish_body(
+            subject, events.new_event(subject, spec, generation=generation)
+        )
+
+    async def delete(self, ref: ProjectRef, *, generation: int | None = None) -> Published:
+        subject = subjects.PROJECT_DELETED
+        return await self.publish_body(
+            subject, events.new_event(subject, ref, generation=generation)
+        )
+
+    # -- reading -------------------------------------------------------------------------
+
+    async def status(self, service: str, org: str, project: str) -> ServiceStatus | None:
+        try:
+            msg = await self.js.get_last_msg(
+                subjects.STATUS_STREAM,
+                subjects.status_subject(service, org, project),
+                direct=True,
+            )
+        except (NotFoundError, nats.errors.NoRespondersError):
+            return None  # no such status, or no status stream yet
+        return ServiceStatus.model_validate_json(msg.data) if msg.data else None
+
+    async def statuses(self, org: str, project: str) -> Statuses:
+        found = await asyncio.gather(*(self.status(s, org, project) for s in subjects.SERVICES))
+        return {s: st for s, st in zip(subjects.SERVICES, found, strict=True) if st is not None}
+
+    async def all_statuses(self) -> dict[str, Statuses]:
+        """Every project's statuses, read with one ordered replay of the last values."""
+        info = await self.js.stream_info(subjects.STATUS_STREAM)
+        out: dict[str, Statuses] = {}
+        if not info.state.messages:
+            return out
+        sub = await self.js.subscribe(
+            "vpcbus.status.>",
+            ordered_consumer=True,
+            deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+        )
+        try:
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=2.0)
+                except nats.errors.TimeoutError:
+                    break
+                if msg.data:
+                    st = ServiceStatus.model_validate_json(msg.data)
+                    key = names.project_key(st.organization, st.project)
+                    out.setdefault(key, {})[st.service] = st
+                if msg.metadata.num_pending == 0:
+                    break
+        finally:
+            await sub.unsubscribe()
+        return out
+
+    async def errors(self, limit: int = 50) -> list[ErrorEvent]:
+        info = await self.js.stream_info(subjects.ERRORS_STREAM)
+        out: list[ErrorEvent] = []
+        first = max(info.state.first_seq, info.state.last_seq - limit + 1)
+        for seq in range(first, info.state.last_seq + 1):
+            try:
+                msg = await self.js.get_msg(subjects.ERRORS_STREAM, seq)
+            except NotFoundError:
+                continue
+            if msg.data:
+                out.append(ErrorEvent.model_validate_json(msg.data))
+        return out
+
+    # -- waiting -------------------------------------------------------------------------
+
+    async def watch(self, org: str, project: str) -> Watch:
+        """Subscribe to a project's status and errors; use before publishing."""
+        w = Watch(self, org, project)
+        await w.start()
+        return w
+
+
+class Watch:
+    """Live status and errors of one project, plus a way to wait for a condition."""
+
+    def __init__(self, client: Client, org: str, project: str) -> None:
+        self.client = client
+        self.org = org
+        self.project = project
+        self.statuses: Statuses = {}
+        self.errors: list[ErrorEvent] = []
+        self._changed = asyncio.Event()
+        self._subs: list[Subscription] = []
+
+    async def start(self) -> None:
+        nc = self.client.nc
+        self._subs.append(
+            await nc.subscribe(subjects.status_filter("*", self.org, self.project), cb=self._st)
+        )
+        self._subs.append(
+            await nc.subscribe(f"vpcbus.error.*.{self.org}.{self.project}", cb=self._err)
+        )
+        self._subs.append(
+            await nc.subscribe(f"vpcbus.dlq.*.{self.org}.{self.project}", cb=self._err)
+        )
+        await nc.flush()
+        for service, st in (await self.client.statuses(self.org, self.project)).items():
+            self.statuses.setdefault(service, st)
+
+    async def stop(self) -> None:
+        for sub in self._subs:
+            await sub.unsubscribe()
+
+    async def _st(self, msg: Msg) -> None:
+        st = ServiceStatus.model_validate_json(msg.data)
+        self.statuses[st.service] = st
+        self._changed.set()
+
+    async def _err(self, msg: Msg) -> None:
+        self.errors.append(ErrorEvent.model_validate_json(msg.data))
+        self._changed.set()
+
+    async def until(
+        self,
+        done: Callable[[Statuses], bool],
+        *,
+        timeout: float,
+        event_id: str | None = None,
+        progress: Callable[[Statuses], None] | None = None,
+    ) -> Statuses:
+        """Wait until ``done(statuses)``; :class:`RejectedError` if ``event_id`` is rejected."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            mine = [e for e in self.errors if event_id is not None and e.event_id == event_id]
+            if mine:
+                await asyncio.sleep(0.2)  # let the other services' verdicts arrive too
+                raise RejectedError([e for e in self.errors if e.event_id == event_id])
+            if done(self.statuses):
+                return dict(self.statuses)
+            if progress is not None:
+                progress(self.statuses)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise WaitTimeoutError(self.statuses)
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), timeout=min(remaining, 1.0))
+            except TimeoutError:
+                # Poll too: a status published before we subscribed is only in the stream.
+                for service, st in (await self.client.statuses(self.org, self.project)).items():
+                    current = self.statuses.get(service)
+                    if current is None or current.observed_at < st.observed_at:
+                        self.statuses[service] = st
+
+
+def ready_at(generation: int) -> Callable[[Statuses], bool]:
+    """All four services Ready at ``generation`` or later, and agreeing."""
+
+    def check(statuses: Statuses) -> bool:
+        if set(statuses) != set(subjects.SERVICES):
+            return False
+        gens = {s.generation for s in statuses.values()}
+        return (
+            len(gens) == 1
+            and min(gens) >= generation
+            and all(s.state == "Ready" for s in statuses.values())
+        )
+
+    return check
+
+
+def deleted_at(generation: int) -> Callable[[Statuses], bool]:
+    """Every service reports Deleted at ``generation`` or later (or has forgotten it)."""
+
+    def check(statuses: Statuses) -> bool:
+        return all(s.state == "Deleted" and s.generation >= generation for s in statuses.values())
+
+    return check

@@ -1,0 +1,220 @@
+"""The embedded development stack behind ``vpcbus up`` / ``vpcbus down``.
+
+One supervisor process owns everything: a nats-server with JetStream on disk, OVN central
+(NB, SB, northd), a local OVN chassis with a stand-in "internet" host when run as root,
+and the four services, each restarted with backoff if it dies. ``up`` starts the
+supervisor in the background and returns once the stack is serving; the supervisor writes
+``stack.json`` so the CLI finds the endpoints; ``down`` stops it and everything it started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from vpcbus.embedded import commands
+from vpcbus.embedded.chassis import Chassis
+from vpcbus.embedded.natsd import NatsServer
+from vpcbus.embedded.ovn import OvnCentral
+
+CHASSIS_NAME = "vpcbus-chassis-1"
+CHASSIS_PREFIX = "vpcbus"
+#: The stand-in upstream: the cloud network's gateway and a well-known internet address.
+INTERNET_HOST = "inet"
+INTERNET_ADDRESSES = ["100.65.0.1/16", "8.8.8.8/32", "1.1.1.1/32"]
+INTERNET_MAC = "02:65:00:00:00:01"
+MAX_BACKOFF = 30.0
+
+
+def default_home() -> Path:
+    if env := os.environ.get("VPCBUS_HOME"):
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/var/lib/vpcbus")
+    return Path.home() / ".local" / "share" / "vpcbus"
+
+
+@dataclass
+class StackState:
+    supervisor_pid: int
+    home: str
+    nats_url: str
+    ovn_nb_db: str
+    ovn_sb_db: str
+    chassis: str | None
+    started: float
+    services: dict[str, int] = field(default_factory=dict)
+
+
+def state_path(home: Path) -> Path:
+    return home / "stack.json"
+
+
+def load_state(home: Path) -> StackState | None:
+    path = state_path(home)
+    if not path.exists():
+        return None
+    state = StackState(**json.loads(path.read_text()))
+    try:
+        os.kill(state.supervisor_pid, 0)
+    except ProcessLookupError:
+        return None
+    return state
+
+
+def _write_state(home: Path, state: StackState) -> None:
+    tmp = state_path(home).with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(state), indent=2))
+    tmp.replace(state_path(home))
+
+
+class _Service:
+    def __init__(self, name: str, env: dict[str, str], logdir: Path) -> None:
+        self.name = name
+        self.env = env
+        self.log = logdir / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        self.next_start = 0.0
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                commands.service_argv(self.name, python=sys.executable),
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def supervise(self, now: float) -> None:
+        """Restart a dead service, with exponential backoff between restarts."""
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        if self.proc is not None:
+            self.restarts += 1
+            delay = min(2.0 ** min(self.restarts - 1, 5), MAX_BACKOFF)
+            self.next_start = now + delay
+            code = self.proc.returncode
+            self.proc = None
+            print(f"service {self.name} exited ({code}); restarting in {delay:g}s", flush=True)
+        if now >= self.next_start:
+            self.start()
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def run(home: Path, *, nats_port: int, with_chassis: bool) -> None:
+    """The supervisor: start everything, supervise until SIGTERM/SIGINT, stop everything."""
+    home.mkdir(parents=True, exist_ok=True)
+    logdir = home / "logs"
+    logdir.mkdir(exist_ok=True)
+    stopping = False
+
+    def _stop(_sig: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    nats = NatsServer(home / "nats", port=nats_port, monitor_port=8222 if nats_port == 4222 else 0)
+    central = OvnCentral(home / "ovn")
+    chassis: Chassis | None = None
+    services: list[_Service] = []
+    try:
+        nats.start()
+        central.start()
+        if with_chassis:
+            chassis = Chassis(home / "chassis", central.sb_db, name=CHASSIS_NAME,
+                              prefix=CHASSIS_PREFIX)  # fmt: skip
+            chassis.start()
+            chassis.add_external_host(INTERNET_HOST, "cloud", INTERNET_ADDRESSES, mac=INTERNET_MAC)
+        env = {
+            **os.environ,
+            "NATS_URL": nats.url,
+            "OVN_NB_DB": central.nb_db,
+            "VPCBUS_GATEWAY_CHASSIS": CHASSIS_NAME,
+        }
+        services = [_Service(name, env, logdir) for name in commands.SERVICES]
+        for svc in services:
+            svc.start()
+        state = StackState(
+            supervisor_pid=os.getpid(),
+            home=str(home),
+            nats_url=nats.url,
+            ovn_nb_db=central.nb_db,
+            ovn_sb_db=central.sb_db,
+            chassis=CHASSIS_NAME if chassis else None,
+            started=time.time(),
+        )
+        print(f"stack ready: NATS_URL={nats.url} OVN_NB_DB={central.nb_db}", flush=True)
+        while not stopping:
+            now = time.monotonic()
+            for svc in services:
+                svc.supervise(now)
+            state.services = {s.name: s.proc.pid for s in services if s.proc is not None}
+            _write_state(home, state)
+            time.sleep(0.5)
+    finally:
+        state_path(home).unlink(missing_ok=True)
+        for svc in services:
+            svc.stop()
+        if chassis is not None:
+            chassis.stop()
+        central.stop()
+        nats.stop()
+        print("stack stopped", flush=True)
+
+
+def up(home: Path, *, nats_port: int, with_chassis: bool, timeout: float = 60.0) -> StackState:
+    """Start the supervisor in the background; return once it reports the stack ready."""
+    if (state := load_state(home)) is not None:
+        return state
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "logs").mkdir(exist_ok=True)
+    argv = [sys.executable, "-m", "vpcbus", "up", "--foreground", "--home", str(home),
+            "--nats-port", str(nats_port)] + ([] if with_chassis else ["--no-chassis"])  # fmt: skip
+    log = (home / "logs" / "stack.log").open("ab")
+    proc = subprocess.Popen(
+        argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    log.close()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = (home / "logs" / "stack.log").read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"the stack failed to start:\n{tail}")
+        if (state := load_state(home)) is not None and state.supervisor_pid == proc.pid:
+            return state
+        time.sleep(0.1)
+    raise TimeoutError(f"the stack did not come up within {timeout:g}s; see {home}/logs")
+
+
+def down(home: Path, *, timeout: float = 60.0) -> bool:
+    """Stop the supervisor (and so everything); False when nothing was running."""
+    state = load_state(home)
+    if state is None:
+        return False
+    os.kill(state.supervisor_pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(state.supervisor_pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    raise TimeoutError(f"supervisor {state.supervisor_pid} did not stop within {timeout:g}s")
