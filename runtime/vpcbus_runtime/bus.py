@@ -7,6 +7,7 @@ at start-up in any order. Called by :mod:`.service` and by the CLI's embedded st
 from __future__ import annotations
 
 import nats
+import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
@@ -23,13 +24,31 @@ DUPLICATE_WINDOW = 120.0
 async def connect(
     url: str, *, name: str, user: str | None = None, password: str | None = None
 ) -> Client:
-    """Connect and keep reconnecting forever: a reconciler must outlive server restarts."""
+    """Connect and keep reconnecting forever: a reconciler must outlive server restarts.
+
+    Connection errors are logged as one structured line each (nats-py's default callback
+    logs a traceback per failed attempt).
+    """
     servers = [u.strip() for u in url.split(",") if u.strip()]
+    log = structlog.get_logger("vpcbus.bus")
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats connection error", error=str(exc) or type(exc).__name__)
+
+    async def on_disconnected() -> None:
+        log.warning("nats disconnected")
+
+    async def on_reconnected() -> None:
+        log.info("nats reconnected")
+
     return await nats.connect(
         servers=servers,
         name=name,
         user=user,
         password=password,
+        error_cb=on_error,
+        disconnected_cb=on_disconnected,
+        reconnected_cb=on_reconnected,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
         connect_timeout=2,

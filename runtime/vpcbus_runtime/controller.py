@@ -137,7 +137,7 @@ class Controller:
         while True:
             try:
                 msgs = await psub.fetch(FETCH_BATCH, timeout=2.0)
-            except nats.errors.TimeoutError:
+            except (nats.errors.TimeoutError, TimeoutError):  # nothing to fetch: both occur
                 continue
             except asyncio.CancelledError:
                 raise
