@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -199,11 +201,23 @@ def trace_cmd(args: argparse.Namespace) -> int:
         protocol, port = "tcp", args.tcp
     elif args.udp is not None:
         protocol, port = "udp", args.udp
+    for address in (args.src, args.dst):
+        try:
+            ipaddress.IPv4Address(address)
+        except ValueError as exc:
+            raise CliError(f"{address!r} is not an IPv4 address", EXIT_USAGE) from exc
     packet = tracing.Packet(args.src, args.dst, protocol, port)
     try:
         verdict = tracing.trace(ep["nb"], ep["sb"], org, name, packet)
-    except Exception as exc:
-        raise CliError(f"trace failed: {exc}") from exc
+    except tracing.ProjectNotFoundError as exc:
+        raise CliError(
+            f"project {org}/{name} has no VPC in OVN ({exc}): not created, not Ready yet, "
+            "or deleted; see `vpcbus project get`"
+        ) from exc
+    except subprocess.CalledProcessError as exc:
+        detail = (exc.stderr or "").strip() or str(exc)
+        code = EXIT_UNREACHABLE if "connection" in detail.lower() else EXIT_FAILED
+        raise CliError(f"trace failed: {detail}", code) from exc
     if args.verbose:
         print(verdict.raw)
     print(verdict.words())
@@ -237,7 +251,12 @@ def up_cmd(args: argparse.Namespace) -> int:
         stack.run(args.home, nats_port=args.nats_port, with_chassis=with_chassis)
         return EXIT_OK
     started = time.monotonic()
-    state = stack.up(args.home, nats_port=args.nats_port, with_chassis=with_chassis)
+    try:
+        state = stack.up(args.home, nats_port=args.nats_port, with_chassis=with_chassis)
+    except TimeoutError as exc:
+        raise CliError(str(exc), EXIT_TIMEOUT) from exc
+    except RuntimeError as exc:
+        raise CliError(str(exc)) from exc
     print(f"vpcbus is up in {time.monotonic() - started:.1f}s (home {state.home})")
     print(f"  NATS_URL={state.nats_url}")
     print(f"  OVN_NB_DB={state.ovn_nb_db}")

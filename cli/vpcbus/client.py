@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -60,9 +61,15 @@ class Client:
 
     @classmethod
     async def connect(cls, url: str, *, name: str = "vpcbus-cli") -> Client:
+        async def quiet(_exc: Exception) -> None:
+            """The CLI reports the final failure itself; no traceback per attempt."""
+
         nc = await nats.connect(
             servers=[u.strip() for u in url.split(",")],
             name=name,
+            user=os.environ.get("NATS_USER"),
+            password=os.environ.get("NATS_PASSWORD"),
+            error_cb=quiet,
             connect_timeout=2,
             max_reconnect_attempts=3,
             reconnect_time_wait=0.5,

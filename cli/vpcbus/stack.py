@@ -106,7 +106,12 @@ class _Service:
         if now >= self.next_start:
             self.start()
 
+    def terminate(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+
     def stop(self) -> None:
+        """Wait for the service to exit after ``terminate()``; kill it after 10 s."""
         if self.proc is None or self.proc.poll() is not None:
             return
         self.proc.terminate()
@@ -141,7 +146,12 @@ def run(home: Path, *, nats_port: int, with_chassis: bool) -> None:
             chassis = Chassis(home / "chassis", central.sb_db, name=CHASSIS_NAME,
                               prefix=CHASSIS_PREFIX)  # fmt: skip
             chassis.start()
-            chassis.add_external_host(INTERNET_HOST, "cloud", INTERNET_ADDRESSES, mac=INTERNET_MAC)
+            inet = chassis.add_external_host(
+                INTERNET_HOST, "cloud", INTERNET_ADDRESSES, mac=INTERNET_MAC
+            )
+            # Announce the upstream gateway like a VRRP gateway would (see announce.py).
+            inet.spawn(sys.executable, "-m", "vpcbus.embedded.announce", "--iface", "eth0",
+                       "--ip", INTERNET_ADDRESSES[0].split("/")[0])  # fmt: skip
         env = {
             **os.environ,
             "NATS_URL": nats.url,
@@ -170,6 +180,8 @@ def run(home: Path, *, nats_port: int, with_chassis: bool) -> None:
             time.sleep(0.5)
     finally:
         state_path(home).unlink(missing_ok=True)
+        for svc in services:  # all at once, then wait for each
+            svc.terminate()
         for svc in services:
             svc.stop()
         if chassis is not None:
@@ -185,7 +197,7 @@ def up(home: Path, *, nats_port: int, with_chassis: bool, timeout: float = 60.0)
         return state
     home.mkdir(parents=True, exist_ok=True)
     (home / "logs").mkdir(exist_ok=True)
-    argv = [sys.executable, "-m", "vpcbus", "up", "--foreground", "--home", str(home),
+    argv = [sys.executable, "-m", "vpcbus", "--home", str(home), "up", "--foreground",
             "--nats-port", str(nats_port)] + ([] if with_chassis else ["--no-chassis"])  # fmt: skip
     log = (home / "logs" / "stack.log").open("ab")
     proc = subprocess.Popen(

@@ -97,15 +97,26 @@ def parse(detailed: str, minimal: str) -> Verdict:
 
 def _nbctl(nb_db: str, *args: str) -> str:
     return subprocess.run(
-        ["ovn-nbctl", f"--db={nb_db}", *args], check=True, capture_output=True, text=True
+        ["ovn-nbctl", f"--db={nb_db}", "--timeout=10", *args],
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
+
+
+class ProjectNotFoundError(LookupError):
+    """The project has no VPC in OVN NB (never created, not built yet, or deleted)."""
 
 
 def _inport(nb_db: str, namespace: str, src: str) -> tuple[str, str, str, str]:
     """(datapath, inport, eth.src, eth.dst) for a packet sent from ``src`` in the project."""
     switch = f"{namespace}-default"
     router_lan = f"{namespace}-{switch}"
-    router_mac = _nbctl(nb_db, "get", "Logical_Router_Port", router_lan, "mac").strip('"')
+    router_mac = _nbctl(
+        nb_db, "--if-exists", "get", "Logical_Router_Port", router_lan, "mac"
+    ).strip('"')
+    if not router_mac:
+        raise ProjectNotFoundError(f"OVN NB has no router port {router_lan}")
     listing = _nbctl(nb_db, "--bare", "--columns=name,addresses", "list", "Logical_Switch_Port")
     blocks = [b.split("\n") for b in listing.split("\n\n") if b.strip()]
     ports = set(
