@@ -23,7 +23,9 @@ from vpcbus_proto import events, names, subjects
 from vpcbus_proto.errors import ErrorEvent
 from vpcbus_proto.projects import ProjectRef, ProjectSpec
 from vpcbus_proto.status import ServiceStatus
+from vpcbus_proto.subjects import ServiceName
 from vpcbus_runtime import bus
+from vpcbus_runtime.statuses import StreamPeers
 
 Statuses = dict[str, ServiceStatus]
 
@@ -114,16 +116,9 @@ class Client:
 
     # -- reading -------------------------------------------------------------------------
 
-    async def status(self, service: str, org: str, project: str) -> ServiceStatus | None:
-        try:
-            msg = await self.js.get_last_msg(
-                subjects.STATUS_STREAM,
-                subjects.status_subject(service, org, project),
-                direct=True,
-            )
-        except (NotFoundError, nats.errors.NoRespondersError):
-            return None  # no such status, or no status stream yet
-        return ServiceStatus.model_validate_json(msg.data) if msg.data else None
+    async def status(self, service: ServiceName, org: str, project: str) -> ServiceStatus | None:
+        """The last status ``service`` published for the project (the services' own reader)."""
+        return await StreamPeers(self.js).status(service, org, project)
 
     async def statuses(self, org: str, project: str) -> Statuses:
         found = await asyncio.gather(*(self.status(s, org, project) for s in subjects.SERVICES))
