@@ -42,11 +42,13 @@ class VpcReconciler:
         if record is None or record.spec is None:
             if record is not None:
                 for peer in ("nat", "dns"):
+                    # No status: the peer never built anything for the project, or it tore
+                    # down and forgot it already (it keeps Deleted until we are Deleted, but a
+                    # redelivered deletion may reach us after that). Either way nothing of the
+                    # peer's hangs on the router; its NAT rows would go with the router anyway.
                     status = await ctx.peers.status(peer, ctx.organization, ctx.project)
-                    if (
-                        status is None
-                        or status.state != "Deleted"
-                        or (status.generation < record.generation)
+                    if status is not None and (
+                        status.state != "Deleted" or status.generation < record.generation
                     ):
                         return Result(
                             "Pending",
