@@ -37,6 +37,7 @@ class CloudEvent(BaseModel, Generic[DataT]):
     datacontenttype: Literal["application/json"] | None = "application/json"
     generation: int | None = Field(
         default=None,
+        strict=True,  # "1" or true is not a generation: the schema says integer, so do we
         ge=1,
         le=2**53,
         description="Per-project generation; higher wins. Absent: stream order decides.",

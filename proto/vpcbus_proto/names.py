@@ -18,8 +18,13 @@ Label = Annotated[str, StringConstraints(pattern=LABEL_PATTERN, max_length=63)]
 
 
 def is_label(value: str) -> bool:
-    """True when ``value`` is a DNS-1123 label (usable as a subject token and a KV key part)."""
-    return bool(_LABEL.match(value))
+    """True when ``value`` is a DNS-1123 label (usable as a subject token and a KV key part).
+
+    ``fullmatch``, not ``match``: in Python ``$`` also matches before a trailing newline, so
+    ``match`` would accept ``"abc\\n"``, which pydantic's (Rust) regex rightly rejects and
+    which must never reach a NATS subject.
+    """
+    return bool(_LABEL.fullmatch(value))
 
 
 def namespace(organization: str, project: str) -> str:

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
+
+LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 DEFAULT_POOLS: dict[str, dict[str, object]] = {
     "cloud": {"cidr": "100.65.0.0/16", "gateway": "100.65.0.1", "exclude": []},
@@ -72,10 +75,17 @@ def parse_pools(config: Mapping[str, Mapping[str, object]]) -> dict[str, Pool]:
     """Pools from ``{"cloud": {"cidr": ..., "gateway": ..., "exclude": [...]}}``."""
     pools = {}
     for name, spec in config.items():
+        if not LABEL.fullmatch(name):  # a KV key token and an OVN network name
+            raise ValueError(f"pool {name!r}: the name must be a lower-case DNS label")
         network = IPv4Network(str(spec["cidr"]), strict=True)
         gateway = IPv4Address(str(spec.get("gateway", network.network_address + 1)))
         if gateway not in network:
             raise ValueError(f"pool {name}: gateway {gateway} is outside {network}")
+        if network.prefixlen < 31 and gateway in (
+            network.network_address,
+            network.broadcast_address,
+        ):
+            raise ValueError(f"pool {name}: gateway {gateway} is not a usable address")
         raw_exclude = spec.get("exclude", [])
         if not isinstance(raw_exclude, list):
             raise ValueError(f"pool {name}: exclude must be a list")

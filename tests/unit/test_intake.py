@@ -1,0 +1,335 @@
+"""intake.decode: bytes on a subject -> Accepted, or Rejected with a documented reason.
+
+The fuzz tests throw arbitrary bytes, arbitrary JSON and almost-valid events at ``decode``
+and check it never raises and that every answer is well formed: a rejection names a
+documented reason and, when it names a project, a project that could be a subject token.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vpcbus_proto import subjects
+from vpcbus_proto.events import MAX_EVENT_BYTES, ProjectDeleted, ProjectUpserted, new_event
+from vpcbus_proto.projects import ProjectRef, ProjectSpec
+from vpcbus_runtime.intake import Accepted, Rejected, decode
+
+REASONS = {"InvalidEvent", "InvalidSpec", "TypeMismatch", "EventTooLarge", "UnknownSubject"}
+SPEC = ProjectSpec(
+    organization="acme", name="shop", cidr_block="10.0.0.0/24", egress_network_type="cloud"
+)
+
+
+def is_token(value: str) -> bool:
+    """A DNS-1123 label, checked independently of ``names.is_label`` (it is under test too)."""
+    return re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", value) is not None
+
+
+def encode(body: object) -> bytes:
+    return json.dumps(body).encode()
+
+
+def check_well_formed(subject: str, data: bytes, result: Accepted | Rejected) -> None:
+    """The invariants every answer of decode() has, whatever the input."""
+    if isinstance(result, Rejected):
+        assert result.reason in REASONS
+        assert isinstance(result.message, str) and result.message
+        result.message.encode()  # it goes into an error record: must be valid UTF-8
+        # A rejection names a project only when both parts are labels (subject tokens).
+        assert (result.organization is None) == (result.name is None)
+        if result.organization is not None and result.name is not None:
+            assert is_token(result.organization) and is_token(result.name)
+            subject_out = subjects.error_subject("ipam", result.organization, result.name)
+            assert len(subject_out.split(".")) == 5
+        if result.event_id is not None:
+            result.event_id.encode()
+        if result.reason == "InvalidSpec":
+            assert result.organization is not None
+        if len(data) > MAX_EVENT_BYTES:
+            assert result.reason == "EventTooLarge"
+        elif subject not in subjects.PROJECT_EVENTS:
+            assert result.reason == "UnknownSubject"
+        return
+    assert isinstance(result, Accepted)
+    assert subject in subjects.PROJECT_EVENTS
+    assert is_token(result.organization) and is_token(result.name)
+    assert result.event_id
+    assert (result.spec is None) == (subject == subjects.PROJECT_DELETED)
+    # Agrees with validating the same body with the contract models directly.
+    raw = json.loads(data)
+    model = ProjectDeleted if subject == subjects.PROJECT_DELETED else ProjectUpserted
+    event = model.model_validate(raw)
+    assert event.type == subjects.event_type(subject)
+    assert (result.organization, result.name) == (event.data.organization, event.data.name)
+    assert result.generation == event.generation
+    if result.spec is not None:
+        assert result.spec == event.data
+
+
+any_subject = st.sampled_from(subjects.PROJECT_EVENTS) | st.sampled_from(
+    ["project.renamed", "project", "", "vpcbus.status.ipam.a.b", "project.created.x"]
+)
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5)
+    ),
+    max_leaves=25,
+)
+
+label_like = st.sampled_from(["acme", "shop", "a", "x" * 63, "Acme", "", "a_b", "abc\n", "-a"])
+cidr_like = st.sampled_from(
+    ["10.0.0.0/24", "10.0.0.0/29", "10.0.0.1/24", "10.0.0.0/30", "127.0.0.0/8", "x", ""]
+)
+
+
+@st.composite
+def almost_events(draw: st.DrawFn) -> dict[str, Any]:
+    """Events whose every field is usually right and otherwise wrong, missing or mistyped."""
+
+    def pick(right: st.SearchStrategy[Any], wrong: st.SearchStrategy[Any]) -> Any:
+        return draw(wrong) if draw(st.integers(0, 7)) == 0 else draw(right)
+
+    subject = draw(st.sampled_from(subjects.PROJECT_EVENTS))
+    data: dict[str, Any] = {
+        "organization": pick(st.sampled_from(["acme", "a", "x" * 63]), label_like | json_values),
+        "name": pick(st.sampled_from(["shop", "p-1"]), label_like | json_values),
+    }
+    if subject != subjects.PROJECT_DELETED or draw(st.integers(0, 4)) == 0:
+        data["cidrBlock"] = pick(st.just("10.0.0.0/24"), cidr_like | json_values)
+        data["egressNetworkType"] = pick(
+            st.sampled_from(["cloud", "public"]), st.just("other") | json_values
+        )
+        if draw(st.booleans()):
+            data["gwLanIp"] = pick(
+                st.just("10.0.0.254"), st.sampled_from(["10.0.0.0", "10.1.0.1", "x"])
+            )
+    if draw(st.integers(0, 4)) == 0:
+        data[draw(st.text(max_size=8))] = draw(json_values)
+    if draw(st.integers(0, 4)) == 0:
+        del data[draw(st.sampled_from(sorted(data)))]
+    body: dict[str, Any] = {
+        "specversion": pick(st.just("1.0"), st.just("0.3") | json_values),
+        "id": pick(st.just("e-1"), st.sampled_from(["", "\ud800"]) | json_values),
+        "source": pick(st.just("/test"), st.just("") | json_values),
+        "type": pick(
+            st.just(subjects.event_type(subject)),
+            st.sampled_from([subjects.event_type(s) for s in subjects.PROJECT_EVENTS])
+            | json_values,
+        ),
+        "generation": pick(st.integers(1, 2**53) | st.none(), st.integers() | json_values),
+        "data": pick(st.just(data), json_values),
+    }
+    if draw(st.integers(0, 4)) == 0:
+        del body[draw(st.sampled_from(sorted(body)))]
+    return {"subject": subject, "body": body}
+
+
+@settings(deadline=None, max_examples=200)
+@given(any_subject | st.text(max_size=30), st.binary(max_size=512))
+def test_arbitrary_bytes_never_raise(subject: str, data: bytes) -> None:
+    check_well_formed(subject, data, decode(subject, data))
+
+
+@settings(deadline=None, max_examples=150)
+@given(any_subject, json_values)
+def test_arbitrary_json_never_raises(subject: str, value: object) -> None:
+    data = encode(value)
+    result = decode(subject, data)
+    check_well_formed(subject, data, result)
+    assert isinstance(result, Rejected)  # nothing generated here is a valid event
+
+
+@settings(deadline=None, max_examples=200)
+@given(almost_events())
+def test_almost_valid_events_never_raise(case: dict[str, Any]) -> None:
+    data = encode(case["body"])
+    check_well_formed(case["subject"], data, decode(case["subject"], data))
+
+
+@settings(deadline=None, max_examples=100)
+@given(
+    st.sampled_from(subjects.PROJECT_EVENTS),
+    st.sampled_from(["acme", "a", "org-1"]),
+    st.sampled_from(["shop", "p9", "x" * 40]),
+    st.integers(1, 2**53) | st.none(),
+)
+def test_valid_events_are_accepted(
+    subject: str, org: str, name: str, generation: int | None
+) -> None:
+    spec = SPEC.model_copy(update={"organization": org, "name": name})
+    data_model = spec.ref if subject == subjects.PROJECT_DELETED else spec
+    body = new_event(subject, data_model, generation=generation, event_id="e-42")
+    data = encode(body)
+    result = decode(subject, data)
+    check_well_formed(subject, data, result)
+    assert result == Accepted(
+        org, name, "e-42", generation, None if subject == subjects.PROJECT_DELETED else spec
+    )
+
+
+identities = st.text(max_size=12) | st.builds(
+    lambda label, tail: label + tail,
+    st.sampled_from(["acme", "shop", "a-1"]),
+    st.sampled_from(["", "\n", "\r\n", " ", "-", "_", "A", ".x", "\x00"]) | st.text(max_size=2),
+)
+
+
+@settings(deadline=None, max_examples=200)
+@given(st.sampled_from(subjects.PROJECT_EVENTS), identities, identities, st.booleans())
+def test_any_identity_is_either_a_label_pair_or_not_echoed(
+    subject: str, org: str, name: str, bad_cidr: bool
+) -> None:
+    data: dict[str, Any] = {"organization": org, "name": name}
+    if subject != subjects.PROJECT_DELETED:
+        data |= {"cidrBlock": "10.0.0.1/24" if bad_cidr else "10.0.0.0/24"}
+        data |= {"egressNetworkType": "cloud"}
+    body = {"id": "e-1", "source": "/t", "type": subjects.event_type(subject), "data": data}
+    encoded = encode(body)
+    result = decode(subject, encoded)
+    check_well_formed(subject, encoded, result)
+    labels = is_token(org) and is_token(name) and len(org) + len(name) < 63
+    if isinstance(result, Accepted):
+        assert labels
+    elif labels:  # only the spec can be wrong: the project is named and the spec blamed
+        assert (result.reason, result.organization, result.name) == ("InvalidSpec", org, name)
+
+
+# -- one case per reason ---------------------------------------------------------------------
+
+
+def test_event_too_large_is_checked_before_parsing() -> None:
+    body = new_event(subjects.PROJECT_CREATED, SPEC)
+    body["padding"] = "x" * MAX_EVENT_BYTES
+    result = decode(subjects.PROJECT_CREATED, encode(body))
+    assert isinstance(result, Rejected) and result.reason == "EventTooLarge"
+    assert str(MAX_EVENT_BYTES) in result.message
+    # Exactly at the limit is still parsed (and here accepted).
+    body["padding"] = ""
+    exact = encode(body)
+    body["padding"] = "x" * (MAX_EVENT_BYTES - len(exact))
+    assert len(encode(body)) == MAX_EVENT_BYTES
+    assert isinstance(decode(subjects.PROJECT_CREATED, encode(body)), Accepted)
+
+
+@pytest.mark.parametrize("subject", ["project.renamed", "vpcbus.status.vpc.a.b", "", "project.*"])
+def test_unknown_subject(subject: str) -> None:
+    result = decode(subject, encode(new_event(subjects.PROJECT_CREATED, SPEC)))
+    assert isinstance(result, Rejected) and result.reason == "UnknownSubject"
+    assert repr(subject) in result.message
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"not json",
+        b"\xff\xfe\x00",
+        b'{"id": ',
+        b"[" * 30000 + b"]" * 30000,  # deeper than the parser's recursion limit
+        b'{"generation": ' + b"9" * 5000 + b"}",  # more digits than int() allows
+    ],
+)
+def test_not_json_is_an_invalid_event(data: bytes) -> None:
+    result = decode(subjects.PROJECT_CREATED, data)
+    assert isinstance(result, Rejected) and result.reason == "InvalidEvent"
+    assert result.message.startswith("event is not JSON")
+    assert (result.event_id, result.organization, result.name) == (None, None, None)
+
+
+@pytest.mark.parametrize("value", [[], [1, 2], "event", 3, None, True])
+def test_json_that_is_not_an_object_is_an_invalid_event(value: object) -> None:
+    result = decode(subjects.PROJECT_CREATED, encode(value))
+    assert isinstance(result, Rejected) and result.reason == "InvalidEvent"
+
+
+def test_broken_envelope_is_an_invalid_event_that_still_names_the_project() -> None:
+    body = new_event(subjects.PROJECT_CREATED, SPEC, event_id="e-7")
+    del body["source"]
+    result = decode(subjects.PROJECT_CREATED, encode(body))
+    assert isinstance(result, Rejected) and result.reason == "InvalidEvent"
+    assert (result.event_id, result.organization, result.name) == ("e-7", "acme", "shop")
+    assert "source: Field required" in result.message
+
+
+def test_bad_spec_is_an_invalid_spec_that_names_the_field_as_written() -> None:
+    body = new_event(subjects.PROJECT_CREATED, SPEC, event_id="e-8")
+    body["data"]["cidrBlock"] = "10.0.0.0/33"
+    result = decode(subjects.PROJECT_CREATED, encode(body))
+    assert isinstance(result, Rejected) and result.reason == "InvalidSpec"
+    assert (result.event_id, result.organization, result.name) == ("e-8", "acme", "shop")
+    assert result.message.startswith("data.cidrBlock: cidrBlock '10.0.0.0/33'")
+    assert "Value error" not in result.message
+
+
+def test_bad_spec_and_bad_envelope_together_is_an_invalid_event() -> None:
+    body = new_event(subjects.PROJECT_CREATED, SPEC)
+    body["data"]["cidrBlock"] = "nope"
+    body["generation"] = 0
+    result = decode(subjects.PROJECT_CREATED, encode(body))
+    assert isinstance(result, Rejected) and result.reason == "InvalidEvent"
+    assert "generation" in result.message and "data.cidrBlock" in result.message
+
+
+@pytest.mark.parametrize("org", ["Acme", "abc\n", "a_b", 7])
+def test_bad_project_identity_is_not_echoed(org: object) -> None:
+    body = new_event(subjects.PROJECT_CREATED, SPEC)
+    body["data"]["organization"] = org
+    result = decode(subjects.PROJECT_CREATED, encode(body))
+    assert isinstance(result, Rejected) and result.reason == "InvalidEvent"
+    # It cannot name the project: the org would not be a valid subject token.
+    assert (result.organization, result.name) == (None, None)
+
+
+def test_lone_surrogate_id_is_not_echoed() -> None:
+    body = new_event(subjects.PROJECT_CREATED, SPEC, event_id="\ud800")
+    result = decode(subjects.PROJECT_CREATED, encode(body))
+    assert isinstance(result, Rejected) and result.reason == "InvalidEvent"
+    assert result.event_id is None
+
+
+@pytest.mark.parametrize(
+    ("subject", "event_type"),
+    [
+        (subjects.PROJECT_UPDATED, "io.vpcbus.project.created"),
+        (subjects.PROJECT_CREATED, "io.vpcbus.project.updated"),
+        (subjects.PROJECT_CREATED, "project.created"),
+        (subjects.PROJECT_DELETED, "io.vpcbus.project.created"),
+    ],
+)
+def test_type_must_match_subject(subject: str, event_type: str) -> None:
+    data_model: ProjectRef = SPEC.ref if subject == subjects.PROJECT_DELETED else SPEC
+    body = new_event(subject, data_model, event_id="e-9")
+    body["type"] = event_type
+    result = decode(subject, encode(body))
+    assert isinstance(result, Rejected) and result.reason == "TypeMismatch"
+    assert (result.event_id, result.organization, result.name) == ("e-9", "acme", "shop")
+    assert repr(subjects.event_type(subject)) in result.message
+
+
+def test_deletion_needs_only_the_identity() -> None:
+    body = new_event(subjects.PROJECT_DELETED, SPEC.ref, generation=5, event_id="e-10")
+    assert decode(subjects.PROJECT_DELETED, encode(body)) == Accepted(
+        "acme", "shop", "e-10", 5, None
+    )
+
+
+@pytest.mark.parametrize("generation", ["1", " 2 ", True, 1.5])
+def test_generation_must_be_a_json_integer(generation: object) -> None:
+    # What the committed schema says ("type": "integer"), so every client agrees with us.
+    body = new_event(subjects.PROJECT_CREATED, SPEC, event_id="e-8")
+    body["generation"] = generation
+    result = decode(subjects.PROJECT_CREATED, encode(body))
+    assert isinstance(result, Rejected) and result.reason == "InvalidEvent"
+    assert "generation" in result.message

@@ -1,0 +1,256 @@
+"""Folding events into a service's record (generation ordering) and status de-duplication."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from typing import cast
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+
+from tests.unit.fakes import FakeJetStream, FakeKV
+from vpcbus_proto import subjects
+from vpcbus_proto.projects import ProjectSpec
+from vpcbus_proto.status import AddressFacts, ServiceStatus
+from vpcbus_runtime.reconciling import Result
+from vpcbus_runtime.records import Fold, ProjectRecord, RecordStore, kv_key
+from vpcbus_runtime.statuses import StatusPublisher
+
+KEY = "acme.shop"
+
+
+def spec(cidr: str = "10.0.0.0/24") -> ProjectSpec:
+    return ProjectSpec(
+        organization="acme", name="shop", cidr_block=cidr, egress_network_type="cloud"
+    )
+
+
+@pytest.fixture
+def kv() -> FakeKV:
+    return FakeKV()
+
+
+@pytest.fixture
+def store(kv: FakeKV) -> RecordStore:
+    return RecordStore(cast(KeyValue, kv))
+
+
+async def fold(
+    store: RecordStore, generation: int, event_id: str, s: ProjectSpec | None
+) -> tuple[Fold, ProjectRecord | None]:
+    return await store.fold(
+        KEY, organization="acme", name="shop", generation=generation, event_id=event_id, spec=s
+    )
+
+
+async def test_first_event_is_applied_and_stored(store: RecordStore, kv: FakeKV) -> None:
+    outcome, record = await fold(store, 3, "e3", spec())
+    assert outcome is Fold.APPLIED
+    assert record is not None and record.generation == 3 and record.spec == spec()
+    assert not record.deleted and record.deleted_at is None and record.previous_spec is None
+    stored, revision = await store.get(KEY)
+    assert stored == record and revision == kv.data[kv_key(KEY)][1]
+    assert kv_key(KEY) == "project.acme.shop"
+
+
+async def test_generation_ordering(store: RecordStore) -> None:
+    await fold(store, 5, "e5", spec())
+    assert (await fold(store, 5, "e5", spec()))[0] is Fold.DUPLICATE  # redelivery
+    assert (await fold(store, 5, "other", spec("10.1.0.0/24")))[0] is Fold.STALE  # same gen
+    assert (await fold(store, 4, "e4", spec("10.2.0.0/24")))[0] is Fold.STALE
+    outcome, current = await fold(store, 4, "e4", None)
+    assert outcome is Fold.STALE and current is not None and current.spec == spec()
+    outcome, record = await fold(store, 6, "e6", spec("10.3.0.0/24"))
+    assert outcome is Fold.APPLIED and record is not None
+    assert record.previous_spec == spec()  # kept for immutability checks
+    assert (await store.get(KEY))[0] == record
+
+
+async def test_deletion_leaves_a_tombstone_that_stops_late_events(store: RecordStore) -> None:
+    await fold(store, 1, "e1", spec())
+    outcome, tombstone = await fold(store, 2, "e2", None)
+    assert outcome is Fold.APPLIED and tombstone is not None
+    assert tombstone.deleted and tombstone.deleted_at is not None
+    assert tombstone.previous_spec == spec()
+    # A late or redelivered create for an older generation does not resurrect it.
+    assert (await fold(store, 1, "e1", spec()))[0] is Fold.STALE
+    assert (await store.get(KEY))[0] == tombstone
+    # A newer create does.
+    outcome, record = await fold(store, 3, "e3", spec())
+    assert outcome is Fold.APPLIED and record is not None and not record.deleted
+
+
+async def test_deleting_a_deleted_project_changes_nothing(store: RecordStore) -> None:
+    await fold(store, 1, "e1", spec())
+    _, tombstone = await fold(store, 2, "e2", None)
+    # A later deletion must not advance the tombstone: peers that already tore down and
+    # forgot the project would never report the new generation.
+    outcome, current = await fold(store, 3, "e3", None)
+    assert outcome is Fold.DUPLICATE and current == tombstone
+    assert (await store.get(KEY))[0] == tombstone
+
+
+async def test_a_racing_writer_is_noticed_and_decides_the_outcome(
+    store: RecordStore, kv: FakeKV
+) -> None:
+    await fold(store, 1, "e1", spec())
+
+    async def newer_arrives(key: str) -> None:
+        racer = RecordStore(cast(KeyValue, kv))
+        outcome, _ = await racer.fold(
+            KEY,
+            organization="acme",
+            name="shop",
+            generation=9,
+            event_id="e9",
+            spec=spec("10.9.0.0/24"),
+        )
+        assert outcome is Fold.APPLIED
+
+    kv.before_write = newer_arrives
+    outcome, current = await fold(store, 2, "e2", spec("10.2.0.0/24"))
+    # Compare-and-set failed, the fold re-read, and generation 2 is now stale.
+    assert outcome is Fold.STALE
+    assert current is not None and current.generation == 9
+    assert (await store.get(KEY))[0] == current
+
+
+async def test_a_racing_first_writer_is_noticed_too(store: RecordStore, kv: FakeKV) -> None:
+    async def racer(key: str) -> None:
+        await RecordStore(cast(KeyValue, kv)).fold(
+            KEY, organization="acme", name="shop", generation=1, event_id="x", spec=spec()
+        )
+
+    kv.before_write = racer
+    outcome, current = await fold(store, 2, "e2", None)
+    assert outcome is Fold.APPLIED and current is not None and current.deleted
+    assert current.previous_spec == spec()
+
+
+async def test_keys_and_purge(store: RecordStore, kv: FakeKV) -> None:
+    assert await store.keys() == []
+    await fold(store, 1, "e1", spec())
+    await kv.put("other.key", b"x")  # not a project record
+    assert await store.keys() == [KEY]
+    _, revision = await store.get(KEY)
+    assert not await store.purge(KEY, revision)  # not a tombstone
+    await fold(store, 2, "e2", None)
+    _, revision = await store.get(KEY)
+    assert not await store.purge(KEY, revision - 1)  # rewritten since
+    assert await store.purge(KEY, revision)
+    assert await store.get(KEY) == (None, 0)
+    assert await store.purge(KEY, revision)  # already gone
+
+
+@settings(deadline=None, max_examples=100)
+@given(
+    st.lists(
+        st.tuples(st.integers(1, 6), st.sampled_from(["a", "b"]), st.booleans()),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_fold_keeps_the_highest_generation(events: list[tuple[int, str, bool]]) -> None:
+    async def scenario() -> None:
+        store = RecordStore(cast(KeyValue, FakeKV()))
+        best: tuple[int, str] | None = None
+        expected_spec: ProjectSpec | None = None
+        for generation, tag, delete in events:
+            event_id = f"{generation}{tag}"
+            outcome, record = await fold(store, generation, event_id, None if delete else spec())
+            if best is not None and generation > best[0] and delete and expected_spec is None:
+                expected = Fold.DUPLICATE  # deleting a deleted project changes nothing
+            elif best is None or generation > best[0]:
+                expected = Fold.APPLIED
+                best = (generation, event_id)
+                expected_spec = None if delete else spec()
+            elif (generation, event_id) == best:
+                expected = Fold.DUPLICATE
+            else:
+                expected = Fold.STALE
+            assert outcome is expected
+            assert record is not None and (record.generation, record.event_id) == best
+            assert record.spec == expected_spec
+
+    asyncio.run(scenario())
+
+
+# -- status publishing --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def js() -> FakeJetStream:
+    return FakeJetStream()
+
+
+@pytest.fixture
+def publisher(js: FakeJetStream) -> StatusPublisher:
+    return StatusPublisher(cast(JetStreamContext, js), "vpc")
+
+
+async def test_status_is_published_on_its_subject_as_camel_case(
+    publisher: StatusPublisher, js: FakeJetStream
+) -> None:
+    result = Result("Ready", "Reconciled", "ok", objects=["Logical_Router/x"])
+    status = await publisher.publish("acme", "shop", 4, result)
+    assert status is not None
+    [(subject, payload, stream)] = js.published
+    assert subject == "vpcbus.status.vpc.acme.shop" and stream == subjects.STATUS_STREAM
+    wire = json.loads(payload)
+    assert wire["observedAt"] and wire["namespace"] == "acme-shop" and wire["generation"] == 4
+    assert ServiceStatus.model_validate(wire) == status
+    assert status.objects == ["Logical_Router/x"]
+
+
+async def test_an_unchanged_outcome_is_not_republished(
+    publisher: StatusPublisher, js: FakeJetStream
+) -> None:
+    result = Result("Ready", "Reconciled", "ok", requeue_after=3.0, objects=("a", "b"))
+    assert await publisher.publish("acme", "shop", 1, result) is not None
+    # requeue_after is not part of the outcome; a list equal to the tuple is the same objects
+    same = Result("Ready", "Reconciled", "ok", objects=["a", "b"])
+    assert await publisher.publish("acme", "shop", 1, same) is None
+    assert len(js.published) == 1
+    assert await publisher.publish("acme", "shop", 1, same, force=True) is not None
+    assert len(js.published) == 2
+
+
+BASE = Result("Ready", "Reconciled", "ok", objects=("a", "b"))
+FACTS = AddressFacts(cidr_block="10.0.0.0/24", egress_network_type="cloud", gateway_ip="10.0.0.1")
+
+
+@pytest.mark.parametrize(
+    ("generation", "changed"),
+    [
+        (2, BASE),
+        (1, dataclasses.replace(BASE, state="Pending")),
+        (1, dataclasses.replace(BASE, reason="Other")),
+        (1, dataclasses.replace(BASE, message="different")),
+        (1, dataclasses.replace(BASE, objects=("a",))),
+        (1, dataclasses.replace(BASE, addresses=FACTS)),
+    ],
+)
+async def test_any_change_of_outcome_is_published(
+    publisher: StatusPublisher, js: FakeJetStream, generation: int, changed: Result
+) -> None:
+    await publisher.publish("acme", "shop", 1, BASE)
+    assert await publisher.publish("acme", "shop", generation, changed) is not None
+    assert len(js.published) == 2
+
+
+async def test_dedupe_is_per_project_and_purge_forgets(
+    publisher: StatusPublisher, js: FakeJetStream
+) -> None:
+    result = Result("Ready", "Reconciled")
+    await publisher.publish("acme", "shop", 1, result)
+    assert await publisher.publish("acme", "web", 1, result) is not None
+    await publisher.purge("acme", "shop")
+    assert js.purged == [(subjects.STATUS_STREAM, "vpcbus.status.vpc.acme.shop")]
+    assert await publisher.publish("acme", "shop", 1, result) is not None
+    assert await publisher.publish("acme", "web", 1, result) is None
+    assert len(js.published) == 3
