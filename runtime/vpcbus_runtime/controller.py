@@ -334,11 +334,19 @@ class Controller:
         if result.requeue_after is not None:
             self.queue.add_after(key, result.requeue_after)
         if record is not None and record.deleted and result.state == "Deleted":
-            await self._maybe_forget(key, org, project, revision, record.deleted_at)
+            await self._maybe_forget(
+                key, org, project, revision, record.deleted_at, record.generation
+            )
         return Outcome(result, retry)
 
     async def _maybe_forget(
-        self, key: str, org: str, project: str, revision: int, deleted_at: datetime | None
+        self,
+        key: str,
+        org: str,
+        project: str,
+        revision: int,
+        deleted_at: datetime | None,
+        generation: int,
     ) -> None:
         """Purge a finished tombstone and its status once dependents are done too."""
         age = (datetime.now(UTC) - deleted_at).total_seconds() if deleted_at else 0.0
@@ -347,8 +355,12 @@ class Controller:
             self.queue.add_after(key, wait)
             return
         for peer in self.reconciler.purge_after:
+            # The peer must be done with THIS deletion: a Deleted status of an older generation
+            # means it has not seen the latest event yet and may still wait for our status.
             status = await self.peers.status(peer, org, project)
-            if status is not None and status.state != "Deleted":
+            if status is not None and (
+                status.state != "Deleted" or status.generation < generation
+            ):
                 self.queue.add_after(key, 2.0)
                 return
         if await self.records.purge(key, revision):

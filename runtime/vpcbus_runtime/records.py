@@ -94,11 +94,6 @@ class RecordStore:
                 if generation == current.generation:
                     same = current.event_id == event_id
                     return (Fold.DUPLICATE if same else Fold.STALE), current
-                if spec is None and current.deleted:
-                    # Deleting a deleted project changes nothing. Advancing the tombstone would
-                    # make a service wait for peers to tear down at the new generation, and a
-                    # peer that already forgot the project never reports that generation.
-                    return Fold.DUPLICATE, current
             record = ProjectRecord(
                 organization=organization,
                 name=name,

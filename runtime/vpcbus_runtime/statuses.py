@@ -62,7 +62,12 @@ class StatusPublisher:
         return status
 
     async def purge(self, org: str, project: str) -> None:
-        """Forget the project's status subject (after teardown and tombstone expiry)."""
+        """Forget the project's status subject (after teardown and tombstone expiry).
+
+        The dedupe memory goes too: if the project comes back (even a redelivered deletion),
+        its first status must be published again, not skipped as "unchanged".
+        """
+        self._last.pop(names.project_key(org, project), None)
         await self.js.purge_stream(
             subjects.STATUS_STREAM, subject=subjects.status_subject(self.service, org, project)
         )

@@ -85,14 +85,16 @@ async def test_deletion_leaves_a_tombstone_that_stops_late_events(store: RecordS
     assert outcome is Fold.APPLIED and record is not None and not record.deleted
 
 
-async def test_deleting_a_deleted_project_changes_nothing(store: RecordStore) -> None:
+async def test_deleting_a_deleted_project_advances_the_tombstone(store: RecordStore) -> None:
     await fold(store, 1, "e1", spec())
     _, tombstone = await fold(store, 2, "e2", None)
-    # A later deletion must not advance the tombstone: peers that already tore down and
-    # forgot the project would never report the new generation.
+    # A later deletion is applied: every service then reports Deleted at the new generation,
+    # which is what `vpcbus project delete --wait` waits for. The previous spec is kept.
     outcome, current = await fold(store, 3, "e3", None)
-    assert outcome is Fold.DUPLICATE and current == tombstone
-    assert (await store.get(KEY))[0] == tombstone
+    assert tombstone is not None and current is not None
+    assert outcome is Fold.APPLIED and current.deleted and current.generation == 3
+    assert current.previous_spec is None  # the tombstone's spec, which was none
+    assert (await store.get(KEY))[0] == current
 
 
 async def test_a_racing_writer_is_noticed_and_decides_the_outcome(
@@ -163,9 +165,7 @@ def test_fold_keeps_the_highest_generation(events: list[tuple[int, str, bool]]) 
         for generation, tag, delete in events:
             event_id = f"{generation}{tag}"
             outcome, record = await fold(store, generation, event_id, None if delete else spec())
-            if best is not None and generation > best[0] and delete and expected_spec is None:
-                expected = Fold.DUPLICATE  # deleting a deleted project changes nothing
-            elif best is None or generation > best[0]:
+            if best is None or generation > best[0]:
                 expected = Fold.APPLIED
                 best = (generation, event_id)
                 expected_spec = None if delete else spec()
