@@ -7,7 +7,8 @@ Called by :mod:`.service`. Two durable pull consumers per service:
   message is acked on success or ``Pending``, nak'ed with backoff on a temporary failure,
   and dead-lettered + terminated after ``max_deliver`` attempts. Invalid events are
   rejected with an error record (and a status when the project can be named).
-* ``<service>-peers`` on ``VPCBUS_STATUS``: a peer's status change re-runs the project.
+* ``<service>-peers`` on ``VPCBUS_STATUS``: a peer's status change re-runs the project,
+  unless the reconciler's optional ``wants_peer`` says that status cannot change its result.
 
 A periodic resync re-runs every known project (records and backend-owned objects), which
 repairs drift, finishes waits and garbage-collects orphans.
@@ -26,9 +27,11 @@ import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
+from pydantic import ValidationError
 
 from vpcbus_proto import names, subjects
 from vpcbus_proto.errors import MAX_PAYLOAD_ECHO, ErrorEvent
+from vpcbus_proto.status import ServiceStatus
 from vpcbus_proto.subjects import ServiceName
 from vpcbus_runtime import intake
 from vpcbus_runtime.errors import PermanentError, TemporaryError
@@ -86,6 +89,10 @@ class Controller:
         self.settings = settings
         self.statuses = StatusPublisher(js, service)
         self.peers = StreamPeers(js)
+        #: Optional :meth:`~vpcbus_runtime.reconciling.PeerFilter.wants_peer` of the reconciler.
+        self._wants_peer: Callable[[ServiceStatus], bool] | None = getattr(
+            reconciler, "wants_peer", None
+        )
         self.queue: WorkQueue[Outcome] = WorkQueue(self._reconcile, workers=settings.workers)
         self.counters = Counters()
         self._failures: dict[str, int] = {}
@@ -187,10 +194,20 @@ class Controller:
 
     async def _on_peer(self, msg: Msg) -> None:
         parts = msg.subject.split(".")
-        if len(parts) == 5:
+        if len(parts) == 5 and self._peer_matters(msg):
             key = names.project_key(parts[3], parts[4])
             self.queue.add(key)
         await msg.ack()
+
+    def _peer_matters(self, msg: Msg) -> bool:
+        """False only when the reconciler says this peer status cannot change its result."""
+        if self._wants_peer is None or not msg.data:
+            return True
+        try:
+            status = ServiceStatus.model_validate_json(msg.data)
+        except ValidationError:
+            return True
+        return self._wants_peer(status)
 
     async def _on_event(self, msg: Msg) -> None:
         meta = msg.metadata

@@ -63,3 +63,16 @@ class Reconciler(Protocol):
     async def owned_keys(self) -> Sequence[str]:
         """Project keys that have backend objects owned by this service (for orphan GC)."""
         ...
+
+
+class PeerFilter(Protocol):
+    """Optional for a :class:`Reconciler`: which peer statuses are worth a reconcile.
+
+    Without it every status change of a watched peer re-runs the project. A reconciler that
+    reads a peer only for some of its states (e.g. waits for it to report ``Deleted``) says
+    so here, and the controller acks the other statuses without re-running (issue 9).
+    """
+
+    def wants_peer(self, status: ServiceStatus) -> bool:
+        """True when ``status`` (a watched peer's latest) may change this service's result."""
+        ...

@@ -17,7 +17,10 @@ def converge_zone(api: Any, txn: Txn, want: DesiredZone) -> list[str]:
     if switch is None:
         raise TemporaryError("SwitchMissing", f"switch {want.switch} does not exist yet")
     ids = ovn.ownership(SERVICE, want.key)
-    rows = ovn.owned(api, "DNS", SERVICE, want.key)
+    # The zone hangs off the project switch: look there first. Only when it is not there
+    # (first build, or an orphan to adopt) search the whole DNS table, which is O(projects).
+    rows = [r for r in switch.dns_records if _mine(r, want.key)]
+    rows = rows or ovn.owned(api, "DNS", SERVICE, want.key)
     row = rows[0] if rows else ovn.insert(api, txn, "DNS", external_ids=ids)
     for extra in rows[1:]:
         _detach(api, extra)
@@ -25,6 +28,11 @@ def converge_zone(api: Any, txn: Txn, want: DesiredZone) -> list[str]:
     ovn.converge(row, records=dict(want.records), external_ids=ids)
     ovn.ensure_member(switch, "dns_records", row)
     return [f"DNS/{name}" for name in sorted(want.records)]
+
+
+def _mine(row: Any, key: str) -> bool:
+    ids = row.external_ids
+    return bool(ids.get(ovn.OWNER) == SERVICE and ids.get(ovn.PROJECT) == key)
 
 
 def _detach(api: Any, dns: Any) -> None:

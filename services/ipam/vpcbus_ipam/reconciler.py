@@ -15,7 +15,7 @@ from vpcbus_ipam.addresses import AddressBook, namespace_key
 from vpcbus_ipam.pools import Pool, overlapping_pool
 from vpcbus_proto import names
 from vpcbus_proto.projects import ProjectSpec
-from vpcbus_proto.status import AddressFacts, ExternalAddress
+from vpcbus_proto.status import AddressFacts, ExternalAddress, ServiceStatus
 from vpcbus_proto.subjects import ServiceName
 from vpcbus_runtime.errors import PermanentError
 from vpcbus_runtime.reconciling import Context, Result
@@ -42,6 +42,10 @@ class IpamReconciler:
     def __init__(self, book: AddressBook, policy: Policy) -> None:
         self.book = book
         self.policy = policy
+
+    def wants_peer(self, status: ServiceStatus) -> bool:
+        """VPC's status is read only by teardown, which waits for it to report Deleted."""
+        return status.state == "Deleted"
 
     async def owned_keys(self) -> Sequence[str]:
         keys = set()

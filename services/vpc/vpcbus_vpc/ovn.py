@@ -67,19 +67,37 @@ def _routes(txn: Txn, api: Any, router: Row, want: DesiredVpc, ids: dict[str, st
         stale.delete()
 
 
-def _drop_stale_ports(api: Any, want: DesiredVpc) -> None:
+def _drop_stale_ports(api: Any, want: DesiredVpc, router: Row, switch: Row) -> None:
+    """Remove the project's ports that the desired VPC no longer has.
+
+    Only :func:`converge_vpc` attaches a project's ports: router ports to the project's
+    router, switch ports to its switch or to an external switch ``S``, always as a pair
+    ``<router>-<S>`` / ``<S>-<router>`` (:mod:`.desired`). So the places to look are the
+    project's router and switch and, for each stale router port, its peer by name, instead
+    of every router and switch in the NB, which cost O(projects) per reconcile (issue 9).
+    Teardown still sweeps everything the project owns.
+    """
     keep_lrp = {want.lan.router_port, want.external.router_port}
     keep_lsp = {want.lan.switch_port, want.external.switch_port}
-    for lr in ovn.rows(api, "Logical_Router"):
-        for lrp in list(lr.ports):
-            if _mine(lrp, want.key) and lrp.name not in keep_lrp:
-                lr.delvalue("ports", lrp)
-                lrp.delete()
-    for ls in ovn.rows(api, "Logical_Switch"):
-        for lsp in list(ls.ports):
-            if _mine(lsp, want.key) and lsp.name not in keep_lsp:
-                ls.delvalue("ports", lsp)
-                lsp.delete()
+    prefix = f"{want.router}-"
+    for lrp in list(router.ports):
+        if _mine(lrp, want.key) and lrp.name not in keep_lrp:
+            router.delvalue("ports", lrp)
+            lrp.delete()
+            peer_switch = lrp.name.removeprefix(prefix)
+            peer = ovn.find(api, "Logical_Switch_Port", f"{peer_switch}-{want.router}")
+            ls = ovn.find(api, "Logical_Switch", peer_switch)
+            if peer is not None and ls is not None and _mine(peer, want.key):
+                _drop_port(ls, peer, keep_lsp)
+    for lsp in list(switch.ports):
+        if _mine(lsp, want.key):
+            _drop_port(switch, lsp, keep_lsp)
+
+
+def _drop_port(ls: Row, lsp: Row, keep: set[str]) -> None:
+    if lsp.name not in keep and any(p.uuid == lsp.uuid for p in ls.ports):
+        ls.delvalue("ports", lsp)
+        lsp.delete()
 
 
 def _mine(row: Row, key: str) -> bool:
@@ -103,7 +121,7 @@ def converge_vpc(api: Any, txn: Txn, want: DesiredVpc) -> None:
     _router_port(api, txn, router, want.external, ids)
     _switch_port(api, txn, ext_switch, want.external, ids)
     _routes(txn, api, router, want, ids)
-    _drop_stale_ports(api, want)
+    _drop_stale_ports(api, want, router, switch)
 
 
 def teardown_vpc(api: Any, txn: Txn, key: str) -> list[str]:

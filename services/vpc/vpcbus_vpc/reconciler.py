@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import structlog
 
 from vpcbus_proto import names
+from vpcbus_proto.status import ServiceStatus
 from vpcbus_proto.subjects import ServiceName
 from vpcbus_runtime.ovn import NbSession
 from vpcbus_runtime.reconciling import Context, Result
@@ -33,6 +34,11 @@ class VpcReconciler:
 
     def close(self) -> None:
         self.nb.close()
+
+    def wants_peer(self, status: ServiceStatus) -> bool:
+        """IPAM's status feeds the build; NAT's and DNS's are read only by teardown, which
+        waits for them to report Deleted: their other states cannot change the result."""
+        return status.service == "ipam" or status.state == "Deleted"
 
     async def owned_keys(self) -> Sequence[str]:
         return sorted(await self.nb.read(ovn.owned_projects))
