@@ -186,7 +186,7 @@ class Controller:
         """Queue every project this service knows of; returns how many."""
         keys = set(await self.records.keys()) | set(await self.reconciler.owned_keys())
         for key in keys:
-            self.queue.add(key)
+            self.queue.add(key, background=True)  # events and peers go first
         log.debug("resync queued", projects=len(keys))
         return len(keys)
 
@@ -375,9 +375,7 @@ class Controller:
             # The peer must be done with THIS deletion: a Deleted status of an older generation
             # means it has not seen the latest event yet and may still wait for our status.
             status = await self.peers.status(peer, org, project)
-            if status is not None and (
-                status.state != "Deleted" or status.generation < generation
-            ):
+            if status is not None and (status.state != "Deleted" or status.generation < generation):
                 self.queue.add_after(key, 2.0)
                 return
         if await self.records.purge(key, revision):

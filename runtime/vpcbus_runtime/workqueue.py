@@ -4,11 +4,16 @@ The semantics of controller-runtime's workqueue: a key enqueued while it is queu
 queued twice; a key enqueued while it runs is run once more afterwards; different keys run
 in parallel on ``workers`` tasks. ``run_now`` lets a caller wait for a run that starts
 after the call (the event handler waits so it can ack or nak on the outcome).
+
+Two lanes: keys added with ``background=True`` (the periodic resync) run only when no other
+key is waiting, so a new event is served at once even while a restart resyncs thousands of
+projects. A background key added again normally moves to the front lane.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -19,6 +24,7 @@ T = TypeVar("T")
 @dataclass
 class _KeyState(Generic[T]):
     queued: bool = False
+    background: bool = False  # queued in the background lane only
     running: bool = False
     dirty: bool = False
     waiting: list[asyncio.Future[T]] = field(default_factory=list)
@@ -30,7 +36,9 @@ class WorkQueue(Generic[T]):
     def __init__(self, handler: Callable[[str], Awaitable[T]], *, workers: int) -> None:
         self._handler = handler
         self._workers = workers
-        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._front: deque[str] = deque()
+        self._back: deque[str] = deque()
+        self._items = asyncio.Semaphore(0)  # one token per entry in either lane
         self._keys: dict[str, _KeyState[T]] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -49,10 +57,10 @@ class WorkQueue(Generic[T]):
                     fut.cancel()
 
     def __len__(self) -> int:
-        return self._queue.qsize()
+        return sum(1 for state in self._keys.values() if state.queued)
 
-    def add(self, key: str) -> None:
-        """Run ``key`` soon (coalesced with any pending run)."""
+    def add(self, key: str, *, background: bool = False) -> None:
+        """Run ``key`` soon (coalesced with any pending run); ``background``: when idle."""
         state = self._keys.setdefault(key, _KeyState())
         if state.timer is not None:
             state.timer.cancel()
@@ -61,7 +69,30 @@ class WorkQueue(Generic[T]):
             state.dirty = True
         elif not state.queued:
             state.queued = True
-            self._queue.put_nowait(key)
+            state.background = background
+            self._push(key, background=background)
+        elif state.background and not background:  # promote; the back entry is skipped
+            state.background = False
+            self._push(key, background=False)
+
+    def _push(self, key: str, *, background: bool) -> None:
+        (self._back if background else self._front).append(key)
+        self._items.release()
+
+    async def _next(self) -> str:
+        """The next queued key, front lane first; stale back-lane entries are skipped."""
+        while True:
+            await self._items.acquire()
+            if self._front:
+                key = self._front.popleft()
+                state = self._keys.get(key)
+                if state is not None and state.queued and not state.background:
+                    return key
+            else:
+                key = self._back.popleft()
+                state = self._keys.get(key)
+                if state is not None and state.queued and state.background:
+                    return key
 
     def add_after(self, key: str, delay: float) -> None:
         """Run ``key`` after ``delay`` seconds unless something runs it sooner."""
@@ -90,9 +121,10 @@ class WorkQueue(Generic[T]):
 
     async def _work(self) -> None:
         while True:
-            key = await self._queue.get()
+            key = await self._next()
             state = self._keys[key]
             state.queued = False
+            state.background = False
             state.running = True
             waiting, state.waiting = state.waiting, []
             try:
@@ -114,6 +146,6 @@ class WorkQueue(Generic[T]):
                 if state.dirty or state.waiting:
                     state.dirty = False
                     state.queued = True
-                    self._queue.put_nowait(key)
+                    self._push(key, background=False)
                 elif state.timer is None:
                     del self._keys[key]

@@ -270,3 +270,44 @@ def test_retry_backoff_doubles_from_half_a_second_up_to_a_minute() -> None:
     assert all(b == min(2 * a, MAX_BACKOFF) for a, b in itertools.pairwise(delays))
     assert max(delays) == MAX_BACKOFF == 60.0
     assert backoff(0) == backoff(1)  # a first delivery counted as 0 is not faster
+
+
+async def test_background_keys_wait_for_every_front_key(handler: Recorder) -> None:
+    q: WorkQueue[int] = WorkQueue(handler, workers=1)
+    q.start()
+    try:
+        handler.gate("busy")
+        q.add("busy")
+        await asyncio.wait_for(handler.began("busy").wait(), SOON)
+        for key in ("r1", "r2", "r3"):  # a resync
+            q.add(key, background=True)
+        q.add("event1")
+        q.add("event2")
+        handler.gate("busy").set()
+        await idle(q, handler)
+        assert handler.runs == ["busy", "event1", "event2", "r1", "r2", "r3"]
+    finally:
+        await q.stop()
+
+
+async def test_a_background_key_added_again_moves_to_the_front_and_runs_once(
+    handler: Recorder,
+) -> None:
+    q: WorkQueue[int] = WorkQueue(handler, workers=1)
+    q.start()
+    try:
+        handler.gate("busy")
+        q.add("busy")
+        await asyncio.wait_for(handler.began("busy").wait(), SOON)
+        for key in ("r1", "r2", "r3"):
+            q.add(key, background=True)
+        waiter = asyncio.create_task(q.run_now("r3"))  # an event for a key the resync queued
+        q.add("r1", background=True)  # coalesced: still queued once
+        await asyncio.sleep(0)
+        assert len(q) == 3
+        handler.gate("busy").set()
+        assert await asyncio.wait_for(waiter, SOON) == 1
+        await idle(q, handler)
+        assert handler.runs == ["busy", "r3", "r1", "r2"]
+    finally:
+        await q.stop()
