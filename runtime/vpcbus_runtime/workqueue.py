@@ -6,8 +6,9 @@ in parallel on ``workers`` tasks. ``run_now`` lets a caller wait for a run that 
 after the call (the event handler waits so it can ack or nak on the outcome).
 
 Two lanes: keys added with ``background=True`` (the periodic resync) run only when no other
-key is waiting, so a new event is served at once even while a restart resyncs thousands of
-projects. A background key added again normally moves to the front lane.
+key is waiting, and at most a quarter of the workers run them at once, so a new event is
+served at once even while a restart resyncs thousands of projects. A background key added
+again normally moves to the front lane.
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ class WorkQueue(Generic[T]):
         self._workers = workers
         self._front: deque[str] = deque()
         self._back: deque[str] = deque()
-        self._items = asyncio.Semaphore(0)  # one token per entry in either lane
+        self._idle: set[asyncio.Future[None]] = set()  # workers waiting for something to run
+        self._background_limit = max(1, workers // 4)
+        self._background_running = 0
         self._keys: dict[str, _KeyState[T]] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -77,22 +80,38 @@ class WorkQueue(Generic[T]):
 
     def _push(self, key: str, *, background: bool) -> None:
         (self._back if background else self._front).append(key)
-        self._items.release()
+        self._poke()
 
-    async def _next(self) -> str:
-        """The next queued key, front lane first; stale back-lane entries are skipped."""
+    def _poke(self) -> None:
+        """Wake every idle worker: an entry was pushed or a background run ended."""
+        for fut in self._idle:
+            if not fut.done():
+                fut.set_result(None)
+        self._idle.clear()
+
+    def _pop_valid(self, lane: deque[str], *, background: bool) -> str | None:
+        """The first entry of ``lane`` still queued in it; stale entries are dropped."""
+        while lane:
+            key = lane.popleft()
+            state = self._keys.get(key)
+            if state is not None and state.queued and state.background == background:
+                return key
+        return None
+
+    async def _next(self) -> tuple[str, bool]:
+        """The next key to run and whether it is background work; front lane first."""
         while True:
-            await self._items.acquire()
-            if self._front:
-                key = self._front.popleft()
-                state = self._keys.get(key)
-                if state is not None and state.queued and not state.background:
-                    return key
-            else:
-                key = self._back.popleft()
-                state = self._keys.get(key)
-                if state is not None and state.queued and state.background:
-                    return key
+            key = self._pop_valid(self._front, background=False)
+            if key is not None:
+                return key, False
+            if self._background_running < self._background_limit:
+                key = self._pop_valid(self._back, background=True)
+                if key is not None:
+                    self._background_running += 1
+                    return key, True
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._idle.add(fut)
+            await fut
 
     def add_after(self, key: str, delay: float) -> None:
         """Run ``key`` after ``delay`` seconds unless something runs it sooner."""
@@ -121,7 +140,7 @@ class WorkQueue(Generic[T]):
 
     async def _work(self) -> None:
         while True:
-            key = await self._next()
+            key, background = await self._next()
             state = self._keys[key]
             state.queued = False
             state.background = False
@@ -142,6 +161,9 @@ class WorkQueue(Generic[T]):
                     if not fut.done():
                         fut.set_result(result)
             finally:
+                if background:
+                    self._background_running -= 1
+                    self._poke()
                 state.running = False
                 if state.dirty or state.waiting:
                     state.dirty = False

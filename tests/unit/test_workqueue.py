@@ -311,3 +311,23 @@ async def test_a_background_key_added_again_moves_to_the_front_and_runs_once(
         assert handler.runs == ["busy", "r3", "r1", "r2"]
     finally:
         await q.stop()
+
+
+async def test_background_work_leaves_most_workers_to_the_front_lane(handler: Recorder) -> None:
+    q: WorkQueue[int] = WorkQueue(handler, workers=4)  # at most one background run at a time
+    q.start()
+    try:
+        for key in ("r1", "r2", "r3"):
+            handler.gate(key)
+            q.add(key, background=True)
+        await asyncio.wait_for(handler.began("r1").wait(), SOON)
+        await asyncio.sleep(0.05)
+        assert handler.runs == ["r1"]  # r2 and r3 wait although three workers are idle
+        assert await asyncio.wait_for(q.run_now("event"), SOON) == 1  # served meanwhile
+        for key in ("r1", "r2", "r3"):
+            handler.gate(key).set()
+        await idle(q, handler)
+        assert handler.runs == ["r1", "event", "r2", "r3"]
+        assert handler.max_concurrent == 2
+    finally:
+        await q.stop()
