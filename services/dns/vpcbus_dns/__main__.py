@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from nats.js import JetStreamContext
 
+from vpcbus_dns import ovn
 from vpcbus_dns.reconciler import DnsReconciler
 from vpcbus_runtime import service
 from vpcbus_runtime.ovn import NbSession
@@ -11,7 +12,7 @@ from vpcbus_runtime.settings import Settings
 
 
 async def build(settings: Settings, _js: JetStreamContext) -> DnsReconciler:
-    return DnsReconciler(NbSession(settings.ovn_nb_db))
+    return DnsReconciler(NbSession(settings.ovn_nb_db, tables=ovn.TABLES))
 
 
 def main() -> None:

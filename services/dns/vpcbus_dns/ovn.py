@@ -11,6 +11,9 @@ from vpcbus_runtime.ovn import Txn
 
 SERVICE = "dns"
 
+#: The NB tables this service reads and writes; its session replicates only these.
+TABLES = ("DNS", "Logical_Switch")
+
 
 def converge_zone(api: Any, txn: Txn, want: DesiredZone) -> list[str]:
     switch = ovn.find(api, "Logical_Switch", want.switch)

@@ -15,6 +15,9 @@ from vpcbus_runtime.ovn import OWNER, PROJECT, Row, Txn
 
 SERVICE = "nat"
 
+#: The NB tables this service reads and writes; its session replicates only these.
+TABLES = ("Logical_Router", "NAT")
+
 
 def _mine(row: Row, key: str) -> bool:
     ids = row.external_ids

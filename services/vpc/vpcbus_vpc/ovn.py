@@ -16,6 +16,15 @@ from vpcbus_vpc.desired import DesiredVpc, PortPair, external_switch
 
 SERVICE = "vpc"
 
+#: The NB tables this service reads and writes; its session replicates only these.
+TABLES = (
+    "Logical_Router",
+    "Logical_Router_Port",
+    "Logical_Router_Static_Route",
+    "Logical_Switch",
+    "Logical_Switch_Port",
+)
+
 
 def ensure_external_switch(api: Any, txn: Txn, network: str) -> Row:
     """The shared external switch of ``network`` with its localnet port."""
