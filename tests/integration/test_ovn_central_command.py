@@ -60,6 +60,12 @@ def _start(rundir: Path, nb_port: int, sb_port: int) -> subprocess.Popen[str]:
     return proc
 
 
+def _daemons(rundir: Path) -> list[str]:
+    """ovsdb-server / ovn-northd processes still running on ``rundir``."""
+    found = subprocess.run(["pgrep", "-af", str(rundir)], capture_output=True, text=True)
+    return found.stdout.splitlines()
+
+
 def _stop(proc: subprocess.Popen[str]) -> str:
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=30)
@@ -94,6 +100,7 @@ def test_ovn_central_command_serves_nb_and_sb_and_keeps_its_data(tmp_path: Path)
         out = _stop(proc)
     assert "ovn-central ready" in out
     assert _healthcheck(nb_port).returncode != 0  # really stopped
+    assert _daemons(tmp_path) == []  # and no detached daemon is left behind
 
     proc = _start(tmp_path, nb_port, sb_port)
     try:
@@ -106,3 +113,4 @@ def test_ovn_central_command_serves_nb_and_sb_and_keeps_its_data(tmp_path: Path)
         assert "probe" in switches
     finally:
         _stop(proc)
+    assert _daemons(tmp_path) == []
