@@ -19,7 +19,7 @@ import nats.errors
 import pytest
 
 from vpcbus.client import Client
-from vpcbus.embedded import commands
+from vpcbus.embedded import commands, procs
 from vpcbus.embedded.natsd import NatsServer
 from vpcbus.embedded.ovn import OvnCentral
 
@@ -74,15 +74,7 @@ class ServiceProcs:
         asyncio.run(ping_all())
 
     def stop(self, name: str, *, kill: bool = False) -> None:
-        proc = self.procs.pop(name, None)
-        if proc is None or proc.poll() is not None:
-            return
-        proc.kill() if kill else proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        procs.stop_child(self.procs.pop(name, None), kill=kill, timeout=15)
 
     def start_all(self) -> None:
         for name in commands.SERVICES:

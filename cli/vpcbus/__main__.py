@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import ipaddress
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -277,24 +276,18 @@ def service_cmd(args: argparse.Namespace) -> int:
 
 def ovn_central_cmd(args: argparse.Namespace) -> int:
     """Run OVN NB + SB + northd in the foreground (the compose ovn-central container)."""
+    from vpcbus.embedded import procs
     from vpcbus.embedded.ovn import OvnCentral
 
     central = OvnCentral(
         Path(args.rundir), nb_remotes=args.nb_remote or (), sb_remotes=args.sb_remote or ()
     )
-    stop = False
-
-    def _stop(_s: int, _f: object) -> None:
-        nonlocal stop
-        stop = True
-
     # Before start(): a SIGTERM while the daemons come up must still stop them (they detach).
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    stopping = procs.stop_requested()
     try:
         central.start()
         print(f"ovn-central ready: OVN_NB_DB={central.nb_db} OVN_SB_DB={central.sb_db}", flush=True)
-        while not stop and central.is_running():
+        while not stopping() and central.is_running():
             time.sleep(0.5)
     finally:
         central.stop()

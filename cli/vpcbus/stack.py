@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from vpcbus.embedded import commands
+from vpcbus.embedded import commands, procs
 from vpcbus.embedded.chassis import Chassis
 from vpcbus.embedded.natsd import NatsServer
 from vpcbus.embedded.ovn import OvnCentral
@@ -112,14 +112,7 @@ class _Service:
 
     def stop(self) -> None:
         """Wait for the service to exit after ``terminate()``; kill it after 10 s."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        procs.stop_child(self.proc)
 
 
 def run(home: Path, *, nats_port: int, with_chassis: bool) -> None:
@@ -127,14 +120,7 @@ def run(home: Path, *, nats_port: int, with_chassis: bool) -> None:
     home.mkdir(parents=True, exist_ok=True)
     logdir = home / "logs"
     logdir.mkdir(exist_ok=True)
-    stopping = False
-
-    def _stop(_sig: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    stopping = procs.stop_requested()
     nats = NatsServer(home / "nats", port=nats_port, monitor_port=8222 if nats_port == 4222 else 0)
     central = OvnCentral(home / "ovn")
     chassis: Chassis | None = None
@@ -171,7 +157,7 @@ def run(home: Path, *, nats_port: int, with_chassis: bool) -> None:
             started=time.time(),
         )
         print(f"stack ready: NATS_URL={nats.url} OVN_NB_DB={central.nb_db}", flush=True)
-        while not stopping:
+        while not stopping():
             now = time.monotonic()
             for svc in services:
                 svc.supervise(now)

@@ -14,6 +14,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from vpcbus.embedded import procs
 from vpcbus.embedded.commands import nats_server_argv
 
 
@@ -80,17 +81,7 @@ class NatsServer:
         raise TimeoutError(f"nats-server not healthy after {timeout}s")
 
     def stop(self, *, kill: bool = False) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        if kill:
-            self.proc.kill()
-        else:
-            self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        procs.stop_child(self.proc, kill=kill)
 
     def restart(self) -> None:
         self.stop()

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 DEFAULT_TIMEOUT = 30.0
 """Seconds a helper command may run before it is killed."""
@@ -274,6 +275,41 @@ def kill_pids(pids: Sequence[int], timeout: float = STOP_TIMEOUT) -> None:
     if not wait_until(lambda: not any(cmdline(pid) for pid in alive), timeout):
         for pid in alive:
             _signal(pid, signal.SIGKILL)
+
+
+def stop_child(
+    proc: subprocess.Popen[Any] | None, *, kill: bool = False, timeout: float = 10.0
+) -> None:
+    """Stop a child process we started: SIGTERM (SIGKILL with ``kill``), wait, and SIGKILL
+    it if it is still there after ``timeout`` seconds. Nothing to do if it already exited."""
+    if proc is None or proc.poll() is not None:
+        return
+    if kill:
+        proc.kill()
+    else:
+        proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def stop_requested() -> Callable[[], bool]:
+    """Install SIGTERM/SIGINT handlers for a foreground supervisor loop.
+
+    Returns a function telling whether either signal arrived; the loop then stops what it
+    started itself (daemons that detach would outlive a default SIGTERM death).
+    """
+    requested = False
+
+    def _handler(_signum: int, _frame: object) -> None:
+        nonlocal requested
+        requested = True
+
+    signal.signal(signal.SIGTERM, _handler)
+    signal.signal(signal.SIGINT, _handler)
+    return lambda: requested
 
 
 def log_tail(path: Path, lines: int = 20) -> str:
