@@ -12,13 +12,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.datapath import peers
 from vpcbus.embedded import procs
 from vpcbus.embedded.chassis import Chassis, Vm
 from vpcbus.embedded.ovn import OvnCentral
@@ -31,42 +31,6 @@ INTERNET_GW = "100.65.0.1"
 SNAT_IP = {"a": "100.65.0.115", "b": "100.65.0.116"}
 ECHO_HOST, ECHO_PORT = "8.8.8.8", 7777
 TOOLS = ("ip", "ethtool", "ovsdb-server", "ovs-vswitchd", "ovn-northd", "ovn-controller")
-
-# Echo server for the internet host: one TCP and one UDP socket bound to ONE address, so UDP
-# replies leave from that address and match the SNAT conntrack entry. Answers "peer=<src ip>".
-ECHO_SERVER = """
-import select, socket, sys
-addr = (sys.argv[1], int(sys.argv[2]))
-tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-tcp.bind(addr)
-tcp.listen()
-udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-udp.bind(addr)
-print("ready", flush=True)
-while True:
-    for sock in select.select([tcp, udp], [], [])[0]:
-        if sock is tcp:
-            conn, peer = tcp.accept()
-            conn.sendall(f"peer={peer[0]}\\n".encode())
-            conn.close()
-        else:
-            _, peer = udp.recvfrom(2048)
-            udp.sendto(f"peer={peer[0]}\\n".encode(), peer)
-        print(f"peer={peer[0]}", flush=True)
-"""
-
-ECHO_CLIENT = """
-import socket, sys
-proto, addr = sys.argv[1], (sys.argv[2], int(sys.argv[3]))
-kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
-with socket.socket(socket.AF_INET, kind) as sock:
-    sock.settimeout(3)
-    sock.connect(addr)
-    if proto == "udp":
-        sock.send(b"hello")
-    print(sock.recv(2048).decode().strip())
-"""
 
 
 @dataclass(frozen=True)
@@ -185,25 +149,22 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 @pytest.fixture(scope="module")
-def echo_server(stack: Stack) -> Iterator[subprocess.Popen[str]]:
+def echo_server(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[peers.Server]:
     # Let each gateway router ARP-resolve 100.65.0.1 first. OVN 23.03 buffers the packet that
     # triggers the ARP, but drops the next ones until the new MAC_Binding's flows are installed
     # (a few ms): a TCP handshake right then loses its ACK and stalls 1 s on retransmission.
     assert stack.vms["a1"].ping(ECHO_HOST)
     assert stack.vms["b1"].ping(ECHO_HOST)
-    server = stack.vms["inet"].spawn(sys.executable, "-c", ECHO_SERVER, ECHO_HOST, str(ECHO_PORT))
+    logdir = tmp_path_factory.mktemp("peers")
+    server = peers.start_server(stack.vms["inet"], "inet", ECHO_HOST, ECHO_PORT, logdir)
     try:
-        assert server.stdout is not None
-        assert server.stdout.readline().strip() == "ready", server.stderr
         yield server
     finally:
-        server.terminate()
-        server.communicate(timeout=5)
+        server.stop()
 
 
 def _echo(vm: Vm, proto: str) -> str:
-    args = (proto, ECHO_HOST, str(ECHO_PORT))
-    return vm.exec(sys.executable, "-c", ECHO_CLIENT, *args, timeout=10).stdout.strip()
+    return peers.ask(vm, proto, ECHO_HOST, ECHO_PORT).stdout.strip()
 
 
 def test_chassis_is_registered_in_sb(stack: Stack) -> None:
@@ -223,8 +184,8 @@ def test_vm_reaches_the_internet_through_snat(stack: Stack) -> None:
 @pytest.mark.usefixtures("echo_server")
 @pytest.mark.parametrize("proto", ["tcp", "udp"])
 def test_internet_sees_the_projects_snat_address(stack: Stack, proto: str) -> None:
-    assert _echo(stack.vms["a1"], proto) == f"peer={SNAT_IP['a']}"
-    assert _echo(stack.vms["b1"], proto) == f"peer={SNAT_IP['b']}"
+    assert _echo(stack.vms["a1"], proto) == f"inet peer={SNAT_IP['a']}"
+    assert _echo(stack.vms["b1"], proto) == f"inet peer={SNAT_IP['b']}"
 
 
 def test_project_b_cannot_reach_project_a(stack: Stack) -> None:

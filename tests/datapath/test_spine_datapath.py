@@ -19,7 +19,6 @@ import asyncio
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ServiceProcs
+from tests.datapath import peers
 from tests.integration import helpers
 from vpcbus import stack as vpcbus_stack
 from vpcbus.client import Client
@@ -49,47 +49,6 @@ INTERNET_HOST = "8.8.8.8"
 PORT = 7777
 TOOLS = ("ip", "ethtool", "ping", "ovsdb-server", "ovs-vswitchd", "ovn-controller")
 
-# One TCP and one UDP socket bound to ONE address (a UDP reply from another address of the
-# host would miss the SNAT conntrack entry). Every peer is appended to a log file before the
-# reply "<name> peer=<ip>" goes out, so the log is complete once a client has its answer.
-PEER_SERVER = """
-import select, socket, sys
-name, addr, log = sys.argv[1], (sys.argv[2], int(sys.argv[3])), sys.argv[4]
-tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-tcp.bind(addr)
-tcp.listen()
-udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-udp.bind(addr)
-print("ready", flush=True)
-while True:
-    for sock in select.select([tcp, udp], [], [])[0]:
-        if sock is tcp:
-            conn, peer = tcp.accept()
-        else:
-            _, peer = udp.recvfrom(2048)
-        with open(log, "a") as out:
-            out.write(peer[0] + "\\n")
-        reply = f"{name} peer={peer[0]}\\n".encode()
-        if sock is tcp:
-            conn.sendall(reply)
-            conn.close()
-        else:
-            udp.sendto(reply, peer)
-"""
-
-PEER_CLIENT = """
-import socket, sys
-proto, addr, wait = sys.argv[1], (sys.argv[2], int(sys.argv[3])), float(sys.argv[4])
-kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
-with socket.socket(socket.AF_INET, kind) as sock:
-    sock.settimeout(wait)
-    sock.connect(addr)
-    if proto == "udp":
-        sock.send(b"hello")
-    print(sock.recv(2048).decode().strip())
-"""
-
 
 @dataclass(frozen=True)
 class Project:
@@ -107,22 +66,13 @@ class Project:
 
 
 @dataclass(frozen=True)
-class Server:
-    proc: subprocess.Popen[str]
-    log: Path
-
-    def peers(self) -> list[str]:
-        return self.log.read_text().split() if self.log.exists() else []
-
-
-@dataclass(frozen=True)
 class Datapath:
     ovn: OvnCentral
     chassis: Chassis
     a: Project
     b: Project
     vms: dict[str, Vm]
-    servers: dict[str, Server]
+    servers: dict[str, peers.Server]
 
 
 # VM name -> (project key, MAC, IP). b1 deliberately reuses a1's address.
@@ -179,17 +129,6 @@ def _plug_vm(ovn: OvnCentral, chassis: Chassis, project: Project, name: str) -> 
     return chassis.add_vm(name, lsp, mac, f"{ip}/{prefix_len}", GATEWAY)
 
 
-def _start_server(vm: Vm, name: str, ip: str, logdir: Path) -> Server:
-    log = logdir / f"{name}.peers"
-    proc = vm.spawn(sys.executable, "-c", PEER_SERVER, name, ip, str(PORT), str(log))
-    assert proc.stdout is not None
-    line = proc.stdout.readline().strip()
-    if line != "ready":
-        proc.kill()
-        raise AssertionError(f"peer server in {vm.netns} failed: {proc.communicate()[1]}")
-    return Server(proc, log)
-
-
 def _warm_up(vm: Vm, ip: str) -> None:
     # The first packet through a gateway router makes it ARP for 100.65.0.1; OVN 23.03 drops
     # the packets that follow until the learned MAC_Binding's flows are in (a TCP handshake
@@ -207,7 +146,7 @@ def datapath(
     chassis = Chassis(
         tmp_path_factory.mktemp("chassis"), ovn.sb_db, name=CHASSIS_NAME, prefix=PREFIX
     )
-    servers: dict[str, Server] = {}
+    servers: dict[str, peers.Server] = {}
     try:
         chassis.start()
         a, b = asyncio.run(_create_projects(service_env["NATS_URL"]))
@@ -223,22 +162,20 @@ def datapath(
         for name in ("a1", "a2", "b1"):
             _warm_up(vms[name], INTERNET_HOST)
         logdir = tmp_path_factory.mktemp("peers")
-        servers["inet"] = _start_server(vms["inet"], "inet", INTERNET_HOST, logdir)
+        servers["inet"] = peers.start_server(vms["inet"], "inet", INTERNET_HOST, PORT, logdir)
         for name, (_, _, ip) in VMS.items():
-            servers[name] = _start_server(vms[name], name, ip, logdir)
+            servers[name] = peers.start_server(vms[name], name, ip, PORT, logdir)
         yield Datapath(ovn, chassis, a, b, vms, servers)
     finally:
         for server in servers.values():
-            server.proc.kill()
-            server.proc.communicate(timeout=5)
+            server.stop()
         chassis.stop()
     assert chassis.owned_netns() == []
     assert not list(Path("/etc/netns").glob(f"{PREFIX}-*"))
 
 
 def _ask(vm: Vm, proto: str, ip: str, wait: float = 3.0) -> subprocess.CompletedProcess[str]:
-    args = (proto, ip, str(PORT), f"{wait:g}")
-    return vm.exec(sys.executable, "-c", PEER_CLIENT, *args, timeout=wait + 10, check=False)
+    return peers.ask(vm, proto, ip, PORT, wait)
 
 
 def _answer(vm: Vm, proto: str, ip: str) -> str:
