@@ -26,6 +26,7 @@ from vpcbus.embedded.ovn import OvnCentral
 SERVICE_ENV = {
     "VPCBUS_RESYNC_SECONDS": "2",
     "VPCBUS_TOMBSTONE_SECONDS": "1",
+    "VPCBUS_IP_QUARANTINE_SECONDS": "1",
     "VPCBUS_LOG_FORMAT": "json",
     "VPCBUS_LOG_LEVEL": "info",
 }

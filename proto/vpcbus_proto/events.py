@@ -15,6 +15,7 @@ from typing import Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from vpcbus_proto import subjects
+from vpcbus_proto.members import EipRef, EipSpec, WorkloadRef, WorkloadSpec
 from vpcbus_proto.projects import ProjectRef, ProjectSpec
 
 DataT = TypeVar("DataT", bound=BaseModel)
@@ -51,6 +52,26 @@ class ProjectUpserted(CloudEvent[ProjectSpec]):
 
 class ProjectDeleted(CloudEvent[ProjectRef]):
     """``project.deleted``: only the identity."""
+
+
+class WorkloadAttached(CloudEvent[WorkloadSpec]):
+    """``workload.attached``: a VM or pod NIC joins its project's network.
+
+    Re-publishing it with a changed static ``ip`` or ``mac`` (and a higher generation)
+    changes the NIC; ``generation`` orders events of one NIC.
+    """
+
+
+class WorkloadDetached(CloudEvent[WorkloadRef]):
+    """``workload.detached``: the NIC is gone; its address is quarantined, then reused."""
+
+
+class EipCreated(CloudEvent[EipSpec]):
+    """``eip.created``: a user EIP (Kube-DC ``EIp``); ``generation`` orders one EIP's events."""
+
+
+class EipDeleted(CloudEvent[EipRef]):
+    """``eip.deleted``: the EIP's address goes back to its pool (after quarantine)."""
 
 
 def new_event(

@@ -43,3 +43,15 @@ def split_key(key: str) -> tuple[str, str]:
     if not sep or not is_label(org) or not is_label(name):
         raise ValueError(f"not a project key: {key!r}")
     return org, name
+
+
+def workload_port(namespace: str, name: str, interface: str = "default") -> str:
+    """The logical switch port of a NIC, named as Kube-OVN names pod and VM ports:
+    ``<name>.<namespace>``, plus ``.<interface>`` for any interface but ``default``."""
+    port = f"{name}.{namespace}"
+    return port if interface == "default" else f"{port}.{interface}"
+
+
+def workload_fqdn(namespace: str, name: str, zone: str = "svc.cluster.local") -> str:
+    """A VM's or pod's name in its project zone: ``<name>.<namespace>.svc.cluster.local``."""
+    return f"{name}.{namespace}.{zone}"

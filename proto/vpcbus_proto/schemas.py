@@ -29,19 +29,33 @@ from typing import Any
 from pydantic import BaseModel
 
 from vpcbus_proto.errors import ErrorEvent
-from vpcbus_proto.events import ProjectDeleted, ProjectUpserted
-from vpcbus_proto.status import ServiceStatus
+from vpcbus_proto.events import (
+    EipCreated,
+    EipDeleted,
+    ProjectDeleted,
+    ProjectUpserted,
+    WorkloadAttached,
+    WorkloadDetached,
+)
+from vpcbus_proto.status import PoolUsage, ServiceStatus
 
 #: Every message on the bus by schema name (the file is ``<name>.json``).
 MODELS: dict[str, type[BaseModel]] = {
     "ProjectUpserted": ProjectUpserted,  # project.created, project.updated
     "ProjectDeleted": ProjectDeleted,  # project.deleted
+    "WorkloadAttached": WorkloadAttached,  # workload.attached
+    "WorkloadDetached": WorkloadDetached,  # workload.detached
+    "EipCreated": EipCreated,  # eip.created
+    "EipDeleted": EipDeleted,  # eip.deleted
     "ServiceStatus": ServiceStatus,  # vpcbus.status.<service>.<org>.<project>
+    "PoolUsage": PoolUsage,  # vpcbus.usage.pool.<pool>
     "ErrorEvent": ErrorEvent,  # vpcbus.error.> and vpcbus.dlq.>
 }
 
 #: Messages that users publish and services validate; the others are published by services.
-INBOUND: frozenset[type[BaseModel]] = frozenset({ProjectUpserted, ProjectDeleted})
+INBOUND: frozenset[type[BaseModel]] = frozenset(
+    {ProjectUpserted, ProjectDeleted, WorkloadAttached, WorkloadDetached, EipCreated, EipDeleted}
+)
 
 #: Where the committed schemas live (shipped as package data).
 DIRECTORY = Path(__file__).with_name("schemas")

@@ -37,6 +37,51 @@ class ExternalAddress(_Model):
     ready: bool
     ownership_type: Ownership
     owners: list[str] = Field(default_factory=list)
+    reason: str = Field(default="", description="Why it is not ready, e.g. NoAvailableIPs.")
+
+
+class WorkloadAddress(_Model):
+    """A VM or pod NIC's address in the project subnet (Kube-OVN ``IP``)."""
+
+    member: str = Field(description="workload.<kind>.<name>.<interface>")
+    kind: Literal["vm", "pod"]
+    name: str
+    interface: str
+    ip_address: str
+    mac_address: str
+    static: bool = Field(default=False, description="The address was requested.")
+
+
+class Usage(_Model):
+    """Accounting of one address space (a project subnet or an external pool)."""
+
+    cidr: str
+    capacity: int = Field(ge=0, description="Addresses that can ever be handed out.")
+    in_use: int = Field(ge=0)
+    quarantined: int = Field(ge=0, description="Released, not yet reusable.")
+    available: int = Field(ge=0)
+    in_use_ranges: list[str] = Field(default_factory=list, description="e.g. 10.0.0.2-10.0.0.9")
+    available_ranges: list[str] = Field(default_factory=list)
+
+
+class PoolUsage(_Model):
+    """``vpcbus.usage.pool.<pool>``: an external pool's accounting, published by IPAM."""
+
+    pool: str
+    gateway: str
+    exclude: list[str] = Field(default_factory=list)
+    usage: Usage
+    observed_at: datetime
+
+
+class MemberStatus(_Model):
+    """One member's (NIC's, EIP's) state inside a project status."""
+
+    member: str = Field(description="workload.<kind>.<name>.<interface> or eip.<name>")
+    generation: int = Field(ge=0, description="The member generation this state is for.")
+    state: State
+    reason: str
+    message: str = ""
 
 
 class AddressFacts(_Model):
@@ -46,6 +91,8 @@ class AddressFacts(_Model):
     egress_network_type: str
     gateway_ip: str = Field(description="Router address inside the project subnet.")
     eips: list[ExternalAddress] = Field(default_factory=list)
+    workloads: list[WorkloadAddress] = Field(default_factory=list)
+    subnet: Usage | None = Field(default=None, description="Accounting of cidrBlock.")
 
     def eip(self, name: str) -> ExternalAddress | None:
         return next((e for e in self.eips if e.name == name), None)
@@ -67,6 +114,12 @@ class ServiceStatus(_Model):
     objects: list[str] = Field(
         default_factory=list, description="Backend objects the service owns for the project."
     )
+    members: list[MemberStatus] = Field(
+        default_factory=list, description="Per NIC / EIP state, for services that handle them."
+    )
+
+    def member(self, key: str) -> MemberStatus | None:
+        return next((m for m in self.members if m.member == key), None)
 
 
 def project_ready(statuses: dict[str, ServiceStatus]) -> bool:

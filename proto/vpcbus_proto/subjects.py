@@ -3,10 +3,13 @@
 Lifecycle events (users publish; stream ``VPCBUS_EVENTS``)::
 
     project.created | project.updated | project.deleted
+    workload.attached | workload.detached        (a VM or pod NIC in a project)
+    eip.created | eip.deleted                    (a user EIP in a project)
 
 Status (services publish; stream ``VPCBUS_STATUS`` keeps the last message per subject)::
 
     vpcbus.status.<service>.<org>.<project>
+    vpcbus.usage.pool.<pool>                      (IPAM: external pool accounting)
 
 Errors and dead letters (services publish; stream ``VPCBUS_ERRORS``)::
 
@@ -31,10 +34,21 @@ PROJECT_CREATED: Final = "project.created"
 PROJECT_UPDATED: Final = "project.updated"
 PROJECT_DELETED: Final = "project.deleted"
 PROJECT_EVENTS: Final = (PROJECT_CREATED, PROJECT_UPDATED, PROJECT_DELETED)
+WORKLOAD_ATTACHED: Final = "workload.attached"
+WORKLOAD_DETACHED: Final = "workload.detached"
+EIP_CREATED: Final = "eip.created"
+EIP_DELETED: Final = "eip.deleted"
+#: Member events: things inside a project, each with its own lifecycle.
+MEMBER_EVENTS: Final = (WORKLOAD_ATTACHED, WORKLOAD_DETACHED, EIP_CREATED, EIP_DELETED)
+#: Member events that remove the member.
+MEMBER_REMOVALS: Final = (WORKLOAD_DETACHED, EIP_DELETED)
 
-#: Subjects captured by the events stream (later issues add workload, eip, fip, service).
-EVENT_SUBJECTS: Final = ["project.*"]
-STATUS_SUBJECTS: Final = ["vpcbus.status.>"]
+#: Event families a service may consume; each is ``<family>.*`` on the events stream.
+EventFamily = Literal["project", "workload", "eip"]
+
+#: Subjects captured by the events stream (later issues add fip and service).
+EVENT_SUBJECTS: Final = ["project.*", "workload.*", "eip.*"]
+STATUS_SUBJECTS: Final = ["vpcbus.status.>", "vpcbus.usage.>"]
 ERROR_SUBJECTS: Final = ["vpcbus.error.>", "vpcbus.dlq.>"]
 
 UNKNOWN: Final = "_"
@@ -55,6 +69,11 @@ def status_subject(service: str, org: str, project: str) -> str:
 def status_filter(service: str = "*", org: str = "*", project: str = "*") -> str:
     """A subscription filter over status subjects; ``*`` leaves a token open."""
     return f"vpcbus.status.{service}.{org}.{project}"
+
+
+def pool_usage_subject(pool: str) -> str:
+    """IPAM's accounting of one external pool (last message kept)."""
+    return f"vpcbus.usage.pool.{pool}"
 
 
 def error_subject(service: str, org: str | None, project: str | None) -> str:

@@ -74,7 +74,9 @@ def stream_configs() -> list[api.StreamConfig]:
             storage=api.StorageType.FILE,
             max_msgs_per_subject=1,
             allow_direct=True,
-            max_msg_size=256 * 1024,
+            # nats-server's default max_payload: IPAM's status lists every NIC of a project
+            # (about 200 bytes each), so one project holds up to ~5,000 NICs.
+            max_msg_size=1024 * 1024,
         ),
         api.StreamConfig(
             name=subjects.ERRORS_STREAM,

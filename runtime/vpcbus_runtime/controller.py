@@ -35,6 +35,7 @@ from vpcbus_proto.status import ServiceStatus
 from vpcbus_proto.subjects import ServiceName
 from vpcbus_runtime import intake
 from vpcbus_runtime.errors import PermanentError, TemporaryError
+from vpcbus_runtime.members import MemberIndex, MemberRecord
 from vpcbus_runtime.reconciling import Context, Reconciler, Result
 from vpcbus_runtime.records import Fold, RecordStore
 from vpcbus_runtime.settings import Settings
@@ -80,6 +81,7 @@ class Controller:
         js: JetStreamContext,
         records: RecordStore,
         settings: Settings,
+        members: MemberIndex | None = None,
     ) -> None:
         self.service = service
         self.reconciler = reconciler
@@ -87,6 +89,11 @@ class Controller:
         self.js = js
         self.records = records
         self.settings = settings
+        #: Event families consumed (:class:`~vpcbus_runtime.reconciling.MemberConsumer`).
+        self.families: tuple[str, ...] = tuple(getattr(reconciler, "consumes", ("project",)))
+        if set(self.families) - {"project"} and members is None:
+            raise ValueError(f"{service} consumes {self.families}: it needs a MemberIndex")
+        self.members = members
         self.statuses = StatusPublisher(js, service)
         self.peers = StreamPeers(js)
         #: Optional :meth:`~vpcbus_runtime.reconciling.PeerFilter.wants_peer` of the reconciler.
@@ -104,7 +111,7 @@ class Controller:
 
     async def start(self) -> None:
         events = await self._consumer(
-            subjects.EVENTS_STREAM, f"{self.service}-events", list(subjects.EVENT_SUBJECTS)
+            subjects.EVENTS_STREAM, f"{self.service}-events", [f"{f}.*" for f in self.families]
         )
         self.queue.start()
         self._loops.append(asyncio.create_task(self._fetch(events, self._on_event)))
@@ -185,6 +192,8 @@ class Controller:
     async def resync(self) -> int:
         """Queue every project this service knows of; returns how many."""
         keys = set(await self.records.keys()) | set(await self.reconciler.owned_keys())
+        if self.members is not None:
+            keys |= set(self.members.projects())
         for key in keys:
             self.queue.add(key, background=True)  # events and peers go first
         log.debug("resync queued", projects=len(keys))
@@ -221,6 +230,9 @@ class Controller:
             return
         key = names.project_key(decoded.organization, decoded.name)
         structlog.contextvars.bind_contextvars(project=key, event_id=decoded.event_id)
+        if isinstance(decoded, intake.AcceptedMember):
+            await self._on_member_event(msg, decoded, key, seq, deliveries)
+            return
         if deliveries > self.settings.max_deliver:
             await self._dead_letter(msg, decoded, seq, deliveries, "earlier attempts crashed")
             return
@@ -252,6 +264,45 @@ class Controller:
             )  # fmt: skip
         await msg.ack()
 
+    async def _on_member_event(
+        self, msg: Msg, ev: intake.AcceptedMember, key: str, seq: int, deliveries: int
+    ) -> None:
+        """A NIC or EIP event: fold it into the member record, reconcile its project, and
+        answer with an error event when the member ends in Error (e.g. an address conflict)."""
+        assert self.members is not None  # the consumer filter admits member events only then
+        structlog.contextvars.bind_contextvars(member=ev.member)
+        if deliveries > self.settings.max_deliver:
+            await self._dead_letter(msg, ev, seq, deliveries, "earlier attempts crashed")
+            return
+        fold, record = await self.members.fold(
+            key,
+            ev.member,
+            generation=ev.generation or seq,
+            event_id=ev.event_id,
+            workload=ev.workload,
+            eip=ev.eip,
+        )
+        if fold is Fold.STALE:
+            self.counters.stale += 1
+            log.info("stale member event ignored")
+            await msg.ack()
+            return
+        outcome = await self.queue.run_now(key)
+        if outcome.retry:
+            if deliveries >= self.settings.max_deliver:
+                await self._dead_letter(msg, ev, seq, deliveries, outcome.result.message)
+            else:
+                await msg.nak(delay=backoff(deliveries))
+            return
+        state = next((m for m in outcome.result.members if m.member == ev.member), None)
+        current = record is not None and state is not None and state.generation == record.generation
+        if state is not None and state.state == "Error" and current:
+            await self._publish_error(
+                    "rejected", state.reason, state.message, msg, seq, deliveries,
+                    ev.event_id, ev.organization, ev.name,
+                )  # fmt: skip
+        await msg.ack()
+
     async def _reject(self, msg: Msg, rej: intake.Rejected, seq: int, deliveries: int) -> None:
         self.counters.rejected += 1
         log.warning("event rejected", reason=rej.reason, error=rej.message)
@@ -269,7 +320,12 @@ class Controller:
         await msg.term()
 
     async def _dead_letter(
-        self, msg: Msg, ev: intake.Accepted, seq: int, deliveries: int, why: str
+        self,
+        msg: Msg,
+        ev: intake.Accepted | intake.AcceptedMember,
+        seq: int,
+        deliveries: int,
+        why: str,
     ) -> None:
         self.counters.dead_letters += 1
         log.error("event dead-lettered", deliveries=deliveries, error=why)
@@ -322,7 +378,8 @@ class Controller:
         loop = asyncio.get_running_loop()
         started = loop.time()
         record, revision = await self.records.get(key)
-        ctx = Context(key, org, project, record, self.peers)
+        members = self.members.of(key) if self.members is not None else {}
+        ctx = Context(key, org, project, record, self.peers, members)
         retry = False
         try:
             result = await self.reconciler.reconcile(ctx)
@@ -350,6 +407,8 @@ class Controller:
             await self.statuses.publish(org, project, record.generation if record else 0, result)
         if result.requeue_after is not None:
             self.queue.add_after(key, result.requeue_after)
+        if not retry:
+            await self._forget_members(key, members, result)
         if record is not None and record.deleted and result.state == "Deleted":
             await self._maybe_forget(
                 key, org, project, revision, record.deleted_at, record.generation
@@ -379,5 +438,25 @@ class Controller:
                 self.queue.add_after(key, 2.0)
                 return
         if await self.records.purge(key, revision):
+            if self.members is not None:
+                await self.members.forget_project(key)
             await self.statuses.purge(org, project)
             log.info("project forgotten", project=key)
+
+    async def _forget_members(
+        self, key: str, members: dict[str, MemberRecord], result: Result
+    ) -> None:
+        """Purge removed members that the reconcile finished with, after the tombstone age."""
+        if self.members is None:
+            return
+        states = {m.member: m.state for m in result.members}
+        now = datetime.now(UTC)
+        for member, rec in members.items():
+            if not rec.deleted or states.get(member, "Deleted") != "Deleted":
+                continue
+            age = (now - rec.deleted_at).total_seconds() if rec.deleted_at else 0.0
+            wait = self.settings.tombstone_seconds - age
+            if wait > 0:
+                self.queue.add_after(key, wait)
+            elif await self.members.purge(key, member, rec):
+                log.info("member forgotten", project=key, member=member)

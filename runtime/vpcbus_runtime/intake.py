@@ -8,11 +8,22 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import ValidationError
 
 from vpcbus_proto import names, subjects
-from vpcbus_proto.events import MAX_EVENT_BYTES, ProjectDeleted, ProjectUpserted
+from vpcbus_proto.events import (
+    MAX_EVENT_BYTES,
+    CloudEvent,
+    EipCreated,
+    EipDeleted,
+    ProjectDeleted,
+    ProjectUpserted,
+    WorkloadAttached,
+    WorkloadDetached,
+)
+from vpcbus_proto.members import EipRef, EipSpec, WorkloadRef, WorkloadSpec
 from vpcbus_proto.projects import ProjectSpec
 
 
@@ -23,6 +34,30 @@ class Accepted:
     event_id: str
     generation: int | None
     spec: ProjectSpec | None  # None: deletion
+
+
+@dataclass(frozen=True)
+class AcceptedMember:
+    """A member event: ``workload``/``eip`` is None for a removal."""
+
+    organization: str
+    name: str  # the project
+    member: str
+    event_id: str
+    generation: int | None
+    workload: WorkloadSpec | None = None
+    eip: EipSpec | None = None
+
+
+_MODELS: dict[str, type[CloudEvent[Any]]] = {
+    subjects.PROJECT_CREATED: ProjectUpserted,
+    subjects.PROJECT_UPDATED: ProjectUpserted,
+    subjects.PROJECT_DELETED: ProjectDeleted,
+    subjects.WORKLOAD_ATTACHED: WorkloadAttached,
+    subjects.WORKLOAD_DETACHED: WorkloadDetached,
+    subjects.EIP_CREATED: EipCreated,
+    subjects.EIP_DELETED: EipDeleted,
+}
 
 
 @dataclass(frozen=True)
@@ -43,13 +78,13 @@ def _utf8(text: str) -> bool:
     return True
 
 
-def _identity(raw: object) -> tuple[str | None, str | None, str | None]:
+def _identity(raw: object, *, member: bool) -> tuple[str | None, str | None, str | None]:
     """Best-effort org, project and id from a payload that failed validation."""
     if not isinstance(raw, dict):
         return None, None, None
     data = raw.get("data")
     org = data.get("organization") if isinstance(data, dict) else None
-    name = data.get("name") if isinstance(data, dict) else None
+    name = data.get("project" if member else "name") if isinstance(data, dict) else None
     event_id = raw.get("id") if isinstance(raw.get("id"), str) else None
     if event_id is not None and not _utf8(event_id):
         event_id = None  # it could not be echoed in the error record
@@ -70,31 +105,44 @@ def describe(exc: ValidationError) -> str:
     return "; ".join(lines)
 
 
-def decode(subject: str, data: bytes) -> Accepted | Rejected:
+def decode(subject: str, data: bytes) -> Accepted | AcceptedMember | Rejected:
     if len(data) > MAX_EVENT_BYTES:
         return Rejected("EventTooLarge", f"event is {len(data)} bytes; limit {MAX_EVENT_BYTES}")
-    if subject not in subjects.PROJECT_EVENTS:
+    model = _MODELS.get(subject)
+    if model is None:
         return Rejected("UnknownSubject", f"no lifecycle event is published on {subject!r}")
     try:
         raw = json.loads(data)
     except (ValueError, RecursionError) as exc:  # also: too deep, int of > 4300 digits
         return Rejected("InvalidEvent", f"event is not JSON: {exc}")
-    org, name, event_id = _identity(raw)
-    model = ProjectDeleted if subject == subjects.PROJECT_DELETED else ProjectUpserted
+    is_member = subject in subjects.MEMBER_EVENTS
+    org, name, event_id = _identity(raw, member=is_member)
     try:
         event = model.model_validate(raw)
     except ValidationError as exc:
         in_data = all(err["loc"][:1] == ("data",) for err in exc.errors())
         reason = "InvalidSpec" if org and name and in_data else "InvalidEvent"
         return Rejected(reason, describe(exc), event_id, org, name)
+    data_org: str = event.data.organization
+    data_project: str = event.data.project if is_member else event.data.name
     expected = subjects.event_type(subject)
     if event.type != expected:
         return Rejected(
             "TypeMismatch",
             f"event type {event.type!r} does not match subject {subject!r} (want {expected!r})",
             event.id,
-            event.data.organization,
-            event.data.name,
+            data_org,
+            data_project,
+        )
+    if isinstance(event.data, WorkloadRef | EipRef):
+        return AcceptedMember(
+            data_org,
+            data_project,
+            event.data.member,
+            event.id,
+            event.generation,
+            workload=event.data if isinstance(event.data, WorkloadSpec) else None,
+            eip=event.data if isinstance(event.data, EipSpec) else None,
         )
     spec = event.data if isinstance(event.data, ProjectSpec) else None
-    return Accepted(event.data.organization, event.data.name, event.id, event.generation, spec)
+    return Accepted(data_org, data_project, event.id, event.generation, spec)

@@ -8,12 +8,13 @@ something" is a ``Pending`` result with ``requeue_after``, not an error.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from vpcbus_proto.status import AddressFacts, ServiceStatus, State
-from vpcbus_proto.subjects import ServiceName
+from vpcbus_proto.status import AddressFacts, MemberStatus, ServiceStatus, State
+from vpcbus_proto.subjects import EventFamily, ServiceName
+from vpcbus_runtime.members import MemberRecord
 from vpcbus_runtime.records import ProjectRecord
 
 
@@ -34,6 +35,9 @@ class Context:
     project: str
     record: ProjectRecord | None
     peers: Peers
+    #: The project's members (NICs, EIPs) by member key, tombstones included; empty for
+    #: services that consume no member events.
+    members: Mapping[str, MemberRecord] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,9 @@ class Result:
     requeue_after: float | None = None
     addresses: AddressFacts | None = None
     objects: Sequence[str] = field(default_factory=tuple)
+    #: Per-member outcome. A member event whose member ends in ``Error`` is answered with an
+    #: error event; a removed member is forgotten once it is absent here or ``Deleted``.
+    members: Sequence[MemberStatus] = field(default_factory=tuple)
 
 
 class Reconciler(Protocol):
@@ -63,6 +70,17 @@ class Reconciler(Protocol):
     async def owned_keys(self) -> Sequence[str]:
         """Project keys that have backend objects owned by this service (for orphan GC)."""
         ...
+
+
+class MemberConsumer(Protocol):
+    """Optional for a :class:`Reconciler`: the event families it consumes besides projects.
+
+    Without it a service consumes ``project.*`` only. With ``("project", "workload")`` its
+    events consumer also takes ``workload.*``; member events are recorded per member and
+    handed to ``reconcile`` in :attr:`Context.members`.
+    """
+
+    consumes: Sequence[EventFamily]
 
 
 class PeerFilter(Protocol):

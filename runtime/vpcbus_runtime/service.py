@@ -25,6 +25,7 @@ from vpcbus_proto import subjects
 from vpcbus_proto.subjects import ServiceName
 from vpcbus_runtime import bus, logs
 from vpcbus_runtime.controller import Controller
+from vpcbus_runtime.members import MemberIndex
 from vpcbus_runtime.reconciling import Reconciler
 from vpcbus_runtime.records import RecordStore
 from vpcbus_runtime.settings import Settings
@@ -83,7 +84,11 @@ async def serve(service: ServiceName, factory: Factory, settings: Settings) -> N
     await bus.ensure_streams(js)
     kv = await bus.ensure_bucket(js, subjects.kv_bucket(service))
     reconciler = await factory(settings, js)
-    controller = Controller(service, reconciler, nc, js, RecordStore(kv), settings)
+    members = None
+    if set(getattr(reconciler, "consumes", ("project",))) - {"project"}:
+        members = MemberIndex(kv)
+        await members.start()  # no member event is folded before the index is complete
+    controller = Controller(service, reconciler, nc, js, RecordStore(kv), settings, members)
     await controller.start()
     micro = await _register(controller)
     log.info("service started", nats=settings.nats_url, instance=settings.instance)
@@ -96,6 +101,8 @@ async def serve(service: ServiceName, factory: Factory, settings: Settings) -> N
     log.info("service stopping")
     await micro.stop()
     await controller.stop()
+    if members is not None:
+        await members.stop()
     close = getattr(reconciler, "close", None)
     if close is not None:
         close()

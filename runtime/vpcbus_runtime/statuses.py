@@ -36,6 +36,7 @@ class StatusPublisher:
             result.message,
             result.addresses,
             tuple(result.objects),
+            tuple(result.members),
         )
         key = names.project_key(org, project)
         if not force and self._last.get(key) == fingerprint:
@@ -52,6 +53,7 @@ class StatusPublisher:
             observed_at=datetime.now(UTC),
             addresses=result.addresses,
             objects=list(result.objects),
+            members=list(result.members),
         )
         await self.js.publish(
             subjects.status_subject(self.service, org, project),

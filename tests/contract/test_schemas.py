@@ -22,10 +22,18 @@ from pydantic import BaseModel, ValidationError
 
 from vpcbus_proto import subjects
 from vpcbus_proto.errors import ErrorEvent
-from vpcbus_proto.events import ProjectDeleted, ProjectUpserted, new_event
+from vpcbus_proto.events import (
+    EipCreated,
+    EipDeleted,
+    ProjectDeleted,
+    ProjectUpserted,
+    WorkloadAttached,
+    WorkloadDetached,
+    new_event,
+)
 from vpcbus_proto.projects import ProjectSpec
 from vpcbus_proto.schemas import DIRECTORY, INBOUND, MODELS, drifted, main, render
-from vpcbus_proto.status import AddressFacts, ExternalAddress, ServiceStatus
+from vpcbus_proto.status import AddressFacts, ExternalAddress, PoolUsage, ServiceStatus
 
 REGENERATE = "run `python -m vpcbus_proto.schemas` and commit the result"
 SPEC = ProjectSpec(
@@ -80,8 +88,11 @@ def test_committed_schema_is_a_valid_draft_2020_12_schema(name: str) -> None:
 
 
 def test_every_message_on_the_bus_has_a_schema() -> None:
-    assert set(MODELS.values()) == {ProjectUpserted, ProjectDeleted, ServiceStatus, ErrorEvent}
-    assert {ProjectUpserted, ProjectDeleted} == INBOUND
+    inbound = {
+        ProjectUpserted, ProjectDeleted, WorkloadAttached, WorkloadDetached, EipCreated, EipDeleted
+    }  # fmt: skip
+    assert set(MODELS.values()) == inbound | {ServiceStatus, ErrorEvent, PoolUsage}
+    assert inbound == INBOUND
 
 
 def test_check_mode_exits_zero_on_the_committed_files() -> None:

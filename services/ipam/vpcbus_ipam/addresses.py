@@ -1,60 +1,107 @@
-"""The address book: every allocated external address is one KV key, created with
-compare-and-set, so uniqueness is enforced by the store and not only in this process.
+"""The address book: every address a holder gets is claimed in JetStream KV with
+compare-and-set, so uniqueness is enforced by the store and not only in this process, and
+several IPAM replicas may allocate at once.
 
-Keys in the ``vpcbus-ipam-addresses`` bucket:
+Keys in the ``vpcbus-ipam-addresses`` bucket (a *space* is ``pool.<pool>`` for an external
+network or ``subnet.<org>.<project>`` for a project subnet):
 
-* ``pool.<pool>.<a>.<b>.<c>.<d>`` -> :class:`Holding` (which owner holds the address)
-* ``ns.<namespace>``               -> the project key that claimed the backing namespace
+* ``<space>.<a>.<b>.<c>.<d>`` -> :class:`Holding`: who holds the address, or who released
+  it and when (quarantine). Unique per address: created or updated with compare-and-set.
+* ``bind.<space>.<holder>``    -> :class:`Binding`: the one address a holder has (and its
+  MAC). Unique per holder: created with compare-and-set, so two replicas serving the same
+  NIC at once end with one address, not two.
+* ``ns.<namespace>``           -> the project key that claimed the backing namespace.
 
-A watcher keeps an in-memory index of the bucket. ``ready`` is set only once the initial
-values are loaded, and nothing is allocated before that: a restarted replica never hands
-out an address it has not yet seen taken (Kube-OVN issue #4304).
+An allocation is valid when both agree. Claiming writes the address first and the binding
+second; a crash in between leaves an address held without a binding, which the next
+allocation for that holder adopts (or the sweep frees when the holder is gone). Releasing
+writes the address first (released, quarantined) and drops the binding second; a binding
+left pointing at an address its holder no longer holds is dropped when it is next read.
+
+A watcher mirrors the bucket in memory. ``ready`` is set only once the initial values are
+loaded, and nothing is allocated before that: a restarted replica never hands out an
+address it has not yet seen taken (Kube-OVN issue #4304).
 """
 
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+import time
+from collections.abc import Callable
 from ipaddress import IPv4Address
 
-import structlog
-from nats.js.errors import KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, ConfigDict
 
+from vpcbus_ipam.allocator import AllocationError, Slot, SpaceView
 from vpcbus_ipam.pools import Pool
+from vpcbus_runtime.kvmirror import mirror
 
-log = structlog.get_logger()
+
+BIND = "bind."
+NS = "ns."
+#: How often one allocation retries after losing compare-and-set races to other replicas.
+MAX_ROUNDS = 16
 
 
 class Holding(BaseModel):
+    """The value of an address key."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     holder: str
-    pool: str
+    held: bool = True
+    at: float  # epoch seconds: when it was claimed, or released
+
+
+class Binding(BaseModel):
+    """The value of a binding key: the holder's address and MAC."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
     ip: str
-    allocated_at: datetime
+    mac: str = ""
+    static: bool = False
 
 
-def address_key(pool: str, ip: IPv4Address) -> str:
-    return f"pool.{pool}.{ip}"
+def address_key(space: str, ip: IPv4Address) -> str:
+    return f"{space}.{ip}"
+
+
+def binding_key(space: str, holder: str) -> str:
+    return f"{BIND}{space}.{holder}"
 
 
 def namespace_key(namespace: str) -> str:
-    return f"ns.{namespace}"
+    return f"{NS}{namespace}"
+
+
+def split_space(rest: str) -> tuple[str, str] | None:
+    """``pool.c.1.2.3.4`` -> ("pool.c", "1.2.3.4"); ``subnet.o.p.x`` -> ("subnet.o.p", "x")."""
+    parts = rest.split(".")
+    width = {"pool": 2, "subnet": 3}.get(parts[0])
+    if width is None or len(parts) <= width:
+        return None
+    return ".".join(parts[:width]), ".".join(parts[width:])
 
 
 class AddressBook:
-    def __init__(self, kv: KeyValue) -> None:
+    def __init__(self, kv: KeyValue, *, quarantine: float = 60.0) -> None:
         self.kv = kv
+        self.quarantine = quarantine
         self.ready = asyncio.Event()
-        self._by_key: dict[str, tuple[str, int]] = {}  # key -> (holder, revision)
-        self._by_holder: dict[str, str] = {}  # holder -> key
-        self._hint: dict[str, int] = {}  # pool -> lowest offset that may be free
+        self._slots: dict[str, dict[IPv4Address, Slot]] = {}  # space -> its address slots
+        self._views: dict[str, SpaceView] = {}
+        self._binds: dict[str, dict[str, tuple[Binding, int]]] = {}  # space -> holder -> b
+        self._claims: dict[str, tuple[str, int]] = {}  # ns key -> (project key, revision)
+        #: Addresses being claimed right now by this process, so that concurrent allocations
+        #: in one space pick different addresses instead of racing for the lowest.
+        self._pending: dict[str, set[IPv4Address]] = {}
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._watch())
+        self._task = asyncio.create_task(mirror(self.kv, self._apply, self.ready))
         await self.ready.wait()
 
     async def stop(self) -> None:
@@ -62,112 +109,292 @@ class AddressBook:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
-    async def _watch(self) -> None:
-        while True:
-            try:
-                watcher = await self.kv.watchall()
-                async for entry in watcher:
-                    if entry is None:
-                        self.ready.set()
-                        continue
-                    self._apply(entry.key, entry.value, entry.revision or 0, entry.operation)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("address watch restarting", error=repr(exc))
-                await asyncio.sleep(0.5)
+    # -- the mirror ----------------------------------------------------------------------
 
     def _apply(self, key: str, value: bytes | None, revision: int, op: str | None) -> None:
-        old = self._by_key.pop(key, None)
-        if old is not None and self._by_holder.get(old[0]) == key:
-            del self._by_holder[old[0]]
-        if op in ("DEL", "PURGE") or not value:
-            self._freed(key)
+        gone = op in ("DEL", "PURGE") or not value
+        if key.startswith(NS):
+            claimed = self._claims.get(key)
+            if claimed is not None and revision and claimed[1] > revision:
+                return
+            if gone:
+                self._claims.pop(key, None)
+            else:
+                assert value is not None
+                self._claims[key] = (value.decode(), revision)
             return
-        holder = (
-            Holding.model_validate_json(value).holder
-            if key.startswith("pool.")
-            else (value.decode())
-        )
-        self._by_key[key] = (holder, revision)
-        self._by_holder[holder] = key
+        binding = key.startswith(BIND)
+        where = split_space(key.removeprefix(BIND))
+        if where is None:
+            return
+        space, rest = where
+        if binding:
+            binds = self._binds.setdefault(space, {})
+            current_b = binds.get(rest)
+            if current_b is not None and revision and current_b[1] > revision:
+                return
+            if gone:
+                binds.pop(rest, None)
+            else:
+                assert value is not None
+                binds[rest] = (Binding.model_validate_json(value), revision)
+            return
+        try:
+            ip = IPv4Address(rest)
+        except ValueError:
+            return
+        slots = self._slots.setdefault(space, {})
+        current = slots.get(ip)
+        if current is not None and revision and current.revision > revision:
+            return  # the watcher lags behind a write this process did
+        slot = None
+        if not gone:
+            assert value is not None
+            h = Holding.model_validate_json(value)
+            slot = Slot(h.holder, h.held, h.at, revision)
+            slots[ip] = slot
+        else:
+            slots.pop(ip, None)
+        view = self._views.get(space)
+        if view is not None:
+            view.apply(ip, slot)
 
-    def _freed(self, key: str) -> None:
-        parts = key.split(".", 2)
-        if len(parts) == 3 and parts[0] == "pool":
-            self._hint[parts[1]] = 0
+    def view(self, space: Pool) -> SpaceView:
+        """The allocation view of ``space``, (re)built when its definition changed."""
+        view = self._views.get(space.prefix)
+        if view is None or view.space != space:
+            view = SpaceView(space)
+            for ip, slot in self._slots.get(space.prefix, {}).items():
+                view.apply(ip, slot)
+            self._views[space.prefix] = view
+        return view
 
     # -- queries -------------------------------------------------------------------------
 
-    def held_by(self, holder: str) -> tuple[str, IPv4Address] | None:
-        """(pool, ip) that ``holder`` holds, or None."""
-        key = self._by_holder.get(holder)
-        if key is None or not key.startswith("pool."):
-            return None
-        _, pool, ip = key.split(".", 2)
-        return pool, IPv4Address(ip)
+    def spaces(self) -> list[str]:
+        return sorted(set(self._slots) | set(self._binds))
 
-    def holders(self) -> dict[str, str]:
-        return {k: h for k, (h, _) in self._by_key.items()}
+    def binding(self, space: str, holder: str) -> Binding | None:
+        found = self._binds.get(space, {}).get(holder)
+        return found[0] if found is not None else None
 
-    def in_use(self, pool: str) -> int:
-        return sum(1 for k in self._by_key if k.startswith(f"pool.{pool}."))
+    def bindings(self, space: str) -> dict[str, Binding]:
+        return {h: b for h, (b, _) in self._binds.get(space, {}).items()}
 
-    # -- writes --------------------------------------------------------------------------
+    def held(self, space: str) -> dict[str, IPv4Address]:
+        """holder -> address, for every address held in ``space`` (bound or not)."""
+        return {s.holder: ip for ip, s in self._slots.get(space, {}).items() if s.held}
 
-    async def allocate(self, pool: Pool, holder: str) -> IPv4Address | None:
-        """The address ``holder`` already has in ``pool`` (sticky) or the lowest free one."""
+    def slots(self, space: str) -> dict[IPv4Address, Slot]:
+        return dict(self._slots.get(space, {}))
+
+    def claim_of(self, key: str) -> str | None:
+        found = self._claims.get(key)
+        return found[0] if found is not None else None
+
+    def claims(self) -> dict[str, str]:
+        return {k: v for k, (v, _) in self._claims.items()}
+
+    # -- allocation ----------------------------------------------------------------------
+
+    async def ensure(
+        self,
+        space: Pool,
+        holder: str,
+        *,
+        static: IPv4Address | None = None,
+        mac: str | None = None,
+        default_mac: Callable[[IPv4Address], str] = lambda _ip: "",
+    ) -> Binding:
+        """The binding of ``holder`` in ``space``, allocating one when it has none.
+
+        Raises :class:`AllocationError` when a static request cannot be met or the space is full.
+        """
         await self.ready.wait()
-        held = self.held_by(holder)
-        if held is not None and held[0] == pool.name:
-            return held[1]
-        start = self._hint.get(pool.name, 0)
-        for ip in pool.candidates(start):
-            key = address_key(pool.name, ip)
-            if key in self._by_key:
-                continue
-            holding = Holding(holder=holder, pool=pool.name, ip=str(ip), allocated_at=now())
+        view = self.view(space)
+        lost: set[IPv4Address] = set()
+        for _ in range(MAX_ROUNDS):
+            found = self._binds.get(space.prefix, {}).get(holder)
+            if found is not None:
+                bound, revision = found
+                slot = view.slots.get(IPv4Address(bound.ip))
+                if slot is None or not slot.held or slot.holder != holder:
+                    await self._drop_binding(space.prefix, holder, revision)  # stale
+                    continue
+                wanted_mac = mac or bound.mac
+                if (static is None or IPv4Address(bound.ip) == static) and (
+                    bound.mac == wanted_mac and bound.static == (static is not None)
+                ):
+                    return bound
+            now = time.time()
+            pending = self._pending.setdefault(space.prefix, set())
+            ip = view.choose(
+                holder, static=static, now=now, quarantine=self.quarantine, skip=lost | pending
+            )
+            pending.add(ip)
             try:
-                revision = await self.kv.create(key, holding.model_dump_json().encode())
-            except KeyWrongLastSequenceError:
-                self._by_key.setdefault(key, ("<unknown>", 0))  # taken elsewhere
+                claimed = await self._claim_address(view, ip, holder, now)
+            finally:
+                pending.discard(ip)
+            if not claimed:
+                if static is not None:
+                    view.check_static(ip, holder, time.time(), self.quarantine)
+                lost.add(ip)
                 continue
-            self._apply(key, holding.model_dump_json().encode(), revision, "PUT")
-            self._hint[pool.name] = pool.offset(ip) + 1
-            return ip
-        self._hint[pool.name] = 0
-        return None
+            want = Binding(ip=str(ip), mac=mac or default_mac(ip), static=static is not None)
+            if found is not None and found[0] == want:
+                return want
+            if not await self._write_binding(space.prefix, holder, want, found):
+                if found is None or IPv4Address(found[0].ip) != ip:
+                    await self._give_back(view, ip, holder)
+                continue  # another replica bound the holder: adopt what it did
+            if found is not None and IPv4Address(found[0].ip) != ip:
+                await self._release_address(view, IPv4Address(found[0].ip), holder)
+            return want
+        raise AllocationError("AllocationContended", f"gave up after {MAX_ROUNDS} contended rounds")
 
-    async def release(self, holder: str) -> str | None:
-        """Free what ``holder`` holds; returns the freed key, None when it held nothing."""
-        key = self._by_holder.get(holder)
-        if key is None:
-            return None
-        _, revision = self._by_key[key]
+    async def release(self, space: Pool, holder: str) -> IPv4Address | None:
+        """Release what ``holder`` holds in ``space`` into quarantine; returns the address."""
+        view = self.view(space)
+        freed = None
+        for ip, slot in list(view.slots.items()):
+            if slot.held and slot.holder == holder:
+                await self._release_address(view, ip, holder)
+                freed = ip
+        found = self._binds.get(space.prefix, {}).get(holder)
+        if found is not None:
+            await self._drop_binding(space.prefix, holder, found[1])
+        return freed
+
+    async def drop_space(self, space: str) -> int:
+        """Forget a deleted project's subnet: every address and binding key of it."""
+        keys = [address_key(space, ip) for ip in self._slots.get(space, {})]
+        keys += [binding_key(space, h) for h in self._binds.get(space, {})]
+        for key in keys:
+            await self.kv.purge(key)
+            self._apply(key, None, 0, "PURGE")
+        self._slots.pop(space, None)
+        self._binds.pop(space, None)
+        self._views.pop(space, None)
+        return len(keys)
+
+    async def expire(self, space: Pool, keep: Callable[[str], bool]) -> list[str]:
+        """Purge released addresses whose quarantine ended, unless ``keep(holder)``.
+
+        A released address remembers its last holder, so a NIC that comes back gets it
+        again; once nobody can come back for it (its project is gone), the record goes.
+        """
+        now = time.time()
+        gone = []
+        for ip, slot in list(self._slots.get(space.prefix, {}).items()):
+            if slot.held or now - slot.at < self.quarantine or keep(slot.holder):
+                continue
+            key = address_key(space.prefix, ip)
+            try:
+                await self.kv.delete(key, last=slot.revision)
+            except KeyWrongLastSequenceError:
+                await self._refresh(key)
+                continue
+            await self.kv.purge(key)
+            self._apply(key, None, 0, "PURGE")
+            gone.append(f"{slot.holder}={ip}")
+        return gone
+
+    # -- compare-and-set writes ----------------------------------------------------------
+
+    async def _claim_address(
+        self, view: SpaceView, ip: IPv4Address, holder: str, now: float
+    ) -> bool:
+        slot = view.slots.get(ip)
+        if slot is not None and slot.held and slot.holder == holder:
+            return True  # an earlier claim that a crash left unbound: adopt it
+        key = address_key(view.space.prefix, ip)
+        value = Holding(holder=holder, at=now).model_dump_json().encode()
+        try:
+            if slot is None:
+                revision = await self.kv.create(key, value)
+            else:
+                revision = await self.kv.update(key, value, last=slot.revision)
+        except KeyWrongLastSequenceError:
+            await self._refresh(key)
+            return False
+        self._apply(key, value, revision, "PUT")
+        return True
+
+    async def _release_address(self, view: SpaceView, ip: IPv4Address, holder: str) -> None:
+        await self._set_released(view, ip, holder, time.time())
+
+    async def _give_back(self, view: SpaceView, ip: IPv4Address, holder: str) -> None:
+        """Undo a claim nobody saw (its binding lost): free at once, no quarantine."""
+        await self._set_released(view, ip, holder, 0.0)
+
+    async def _set_released(self, view: SpaceView, ip: IPv4Address, holder: str, at: float) -> None:
+        key = address_key(view.space.prefix, ip)
+        for _ in range(MAX_ROUNDS):
+            slot = view.slots.get(ip)
+            if slot is None or not slot.held or slot.holder != holder:
+                return
+            value = Holding(holder=holder, held=False, at=at).model_dump_json().encode()
+            try:
+                revision = await self.kv.update(key, value, last=slot.revision)
+            except KeyWrongLastSequenceError:
+                await self._refresh(key)
+                continue
+            self._apply(key, value, revision, "PUT")
+            return
+
+    async def _write_binding(
+        self, space: str, holder: str, want: Binding, found: tuple[Binding, int] | None
+    ) -> bool:
+        key = binding_key(space, holder)
+        value = want.model_dump_json().encode()
+        try:
+            if found is None:
+                revision = await self.kv.create(key, value)
+            else:
+                revision = await self.kv.update(key, value, last=found[1])
+        except KeyWrongLastSequenceError:
+            await self._refresh(key)
+            return False
+        self._apply(key, value, revision, "PUT")
+        return True
+
+    async def _drop_binding(self, space: str, holder: str, revision: int) -> None:
+        key = binding_key(space, holder)
         try:
             await self.kv.delete(key, last=revision)
         except KeyWrongLastSequenceError:
-            return None  # rewritten meanwhile; the watcher will tell us the new state
-        await self.kv.purge(key)
-        self._apply(key, None, 0, "PURGE")
-        return key
+            await self._refresh(key)
+            return
+        self._apply(key, None, 0, "DEL")
+
+    async def _refresh(self, key: str) -> None:
+        """Another writer won a race on ``key``: read it rather than wait for the watcher."""
+        try:
+            entry = await self.kv.get(key)
+        except KeyNotFoundError:  # also KeyDeletedError, its subclass
+            self._apply(key, None, 0, "DEL")
+            return
+        self._apply(key, entry.value, entry.revision or 0, entry.operation or "PUT")
+
+    # -- namespace claims ----------------------------------------------------------------
 
     async def claim(self, key: str, holder: str) -> str:
         """Claim a unique name (``ns.<namespace>``); returns the holder that has it."""
         await self.ready.wait()
-        current = self._by_key.get(key)
+        current = self._claims.get(key)
         if current is not None:
             return current[0]
         try:
             revision = await self.kv.create(key, holder.encode())
         except KeyWrongLastSequenceError:
-            entry = await self.kv.get(key)
-            return (entry.value or b"").decode()
+            await self._refresh(key)
+            return self.claim_of(key) or ""
         self._apply(key, holder.encode(), revision, "PUT")
         return holder
 
     async def unclaim(self, key: str, holder: str) -> None:
-        current = self._by_key.get(key)
+        current = self._claims.get(key)
         if current is None or current[0] != holder:
             return
         try:
@@ -176,7 +403,3 @@ class AddressBook:
             return
         await self.kv.purge(key)
         self._apply(key, None, 0, "PURGE")
-
-
-def now() -> datetime:
-    return datetime.now(UTC)

@@ -12,6 +12,7 @@ import json
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from ipaddress import IPv4Address, IPv4Network
 
 LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
@@ -42,10 +43,35 @@ class Range:
 
 @dataclass(frozen=True)
 class Pool:
+    """An address space: an external pool (``kind="pool"``) or a project subnet.
+
+    ``prefix`` names it in the address book's keys: ``pool.<name>`` or ``subnet.<key>``.
+    """
+
     name: str
     network: IPv4Network
     gateway: IPv4Address
     exclude: tuple[Range, ...] = ()
+    kind: str = "pool"
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.kind}.{self.name}"
+
+    def describe(self) -> str:
+        label = "external network" if self.kind == "pool" else "subnet of project"
+        return f"{label} {self.name} ({self.network})"
+
+    def host_range(self) -> tuple[int, int]:
+        """First and last host address as integers (network and broadcast excluded)."""
+        base = int(self.network.network_address)
+        return base + 1, base + self.network.num_addresses - 2
+
+    def reserved_ranges(self) -> list[tuple[int, int]]:
+        """The gateway and the exclude ranges as inclusive integer ranges."""
+        return [(int(self.gateway), int(self.gateway))] + [
+            (int(r.first), int(r.last)) for r in self.exclude
+        ]
 
     def reserved(self, ip: IPv4Address) -> bool:
         """Never handed out: outside, network, broadcast, gateway or excluded."""
@@ -67,8 +93,21 @@ class Pool:
     def offset(self, ip: IPv4Address) -> int:
         return int(ip) - int(self.network.network_address)
 
+    @cached_property
+    def _capacity(self) -> int:
+        lo, hi = self.host_range()
+        covered = 0
+        cursor = lo
+        for a, b in sorted(self.reserved_ranges()):
+            a, b = max(a, cursor), min(b, hi)
+            if a <= b:
+                covered += b - a + 1
+                cursor = b + 1
+        return max(hi - lo + 1 - covered, 0)
+
     def capacity(self) -> int:
-        return sum(1 for _ in self.candidates())
+        """How many addresses can ever be handed out (arithmetic, not a scan)."""
+        return self._capacity
 
 
 def parse_pools(config: Mapping[str, Mapping[str, object]]) -> dict[str, Pool]:
@@ -106,6 +145,11 @@ def overlapping_pool(cidr: IPv4Network, pools: Mapping[str, Pool]) -> Pool | Non
 def subnet_reserved(cidr: IPv4Network, gateway: IPv4Address) -> set[IPv4Address]:
     """A project subnet's addresses that no workload may get."""
     return {cidr.network_address, cidr.broadcast_address, gateway}
+
+
+def project_subnet(project_key: str, cidr: IPv4Network, gateway: IPv4Address) -> Pool:
+    """A project's subnet as an address space (network, broadcast, gateway reserved)."""
+    return Pool(project_key, cidr, gateway, kind="subnet")
 
 
 def parse_ip(text: str) -> IPv4Address:

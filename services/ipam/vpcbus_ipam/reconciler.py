@@ -1,26 +1,54 @@
-"""IPAM's reconcile: admit a project and give it its gateway EIP, or return its addresses.
+"""IPAM's reconcile of one project: admit it, give it its gateway EIP, address its NICs and
+user EIPs, sweep what nobody owns any more, and return everything when it is deleted.
 
 Creation: validate against the pools (public gate, overlap with an external network,
 egress immutability, namespace uniqueness), then hold the ``default-gw`` EIP (sticky: a
-re-run finds the same address). Deletion: addresses go back only after the VPC service
-reports the project torn down, so no address is ever free while a row still carries it.
+re-run finds the same address). Members: every attached NIC gets an address in the project
+subnet, every user EIP one in its pool; a detached NIC or deleted EIP releases its address
+into quarantine. Deletion: addresses go back only after the VPC service reports the project
+torn down, so no address is ever free while a row still carries it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import asyncio
+import hashlib
+import time
+from collections.abc import Awaitable, Mapping, Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
 
-from vpcbus_ipam.addresses import AddressBook, namespace_key
-from vpcbus_ipam.pools import Pool, overlapping_pool
+import structlog
+
+from vpcbus_ipam.addresses import AddressBook, Binding, namespace_key
+from vpcbus_ipam.allocator import AllocationError
+from vpcbus_ipam.pools import Pool, overlapping_pool, project_subnet
 from vpcbus_proto import names
+from vpcbus_proto.members import EipSpec, WorkloadSpec, parse_member
 from vpcbus_proto.projects import ProjectSpec
-from vpcbus_proto.status import AddressFacts, ExternalAddress, ServiceStatus
-from vpcbus_proto.subjects import ServiceName
+from vpcbus_proto.status import (
+    AddressFacts,
+    ExternalAddress,
+    MemberStatus,
+    ServiceStatus,
+    Usage,
+    WorkloadAddress,
+)
+from vpcbus_proto.subjects import EventFamily, ServiceName
 from vpcbus_runtime.errors import PermanentError
+from vpcbus_runtime.members import MemberRecord
 from vpcbus_runtime.reconciling import Context, Result
 
 GATEWAY_EIP = "default-gw"
+#: An address held by a holder that no member record names is freed only after this long:
+#: the record may be in flight from another replica.
+SWEEP_GRACE = 60.0
+#: Allocations of one reconcile run concurrently in chunks of this size.
+PIPELINE = 128
+#: A project whose EIP waits for a free address is retried this often.
+RETRY_EXHAUSTED = 5.0
+
+log = structlog.get_logger()
 
 
 @dataclass(frozen=True)
@@ -29,37 +57,81 @@ class Policy:
 
     pools: Mapping[str, Pool]
     allow_public_projects: bool = False
+    #: The external network of a user EIP that names none.
+    default_network: str = "cloud"
 
 
 def gateway_holder(project_key: str) -> str:
     return f"project/{project_key}/{GATEWAY_EIP}"
 
 
+def eip_holder(project_key: str, name: str) -> str:
+    return f"project/{project_key}/eip/{name}"
+
+
+def workload_mac(namespace: str, holder: str) -> str:
+    """A stable, locally administered unicast MAC for a NIC that asked for none."""
+    digest = hashlib.sha256(f"{namespace}/{holder}".encode()).digest()
+    return "0e:" + ":".join(f"{b:02x}" for b in digest[:5])
+
+
+@dataclass
+class _Members:
+    """What one reconcile learns about a project's members."""
+
+    workloads: list[WorkloadAddress] = field(default_factory=list)
+    eips: list[ExternalAddress] = field(default_factory=list)
+    states: list[MemberStatus] = field(default_factory=list)
+    swept: list[str] = field(default_factory=list)
+    retry: bool = False
+
+    def state(self, rec: MemberRecord, state: str, reason: str, message: str = "") -> None:
+        self.states.append(
+            MemberStatus.model_validate(
+                {"member": rec.member, "generation": rec.generation, "state": state,
+                 "reason": reason, "message": message}
+            )
+        )  # fmt: skip
+
+
 class IpamReconciler:
     watches: Sequence[ServiceName] = ("vpc",)
     purge_after: Sequence[ServiceName] = ()
+    consumes: Sequence[EventFamily] = ("project", "workload", "eip")
 
     def __init__(self, book: AddressBook, policy: Policy) -> None:
         self.book = book
         self.policy = policy
+        self.background: list[asyncio.Task[None]] = []
+
+    def close(self) -> None:
+        for task in self.background:
+            task.cancel()
 
     def wants_peer(self, status: ServiceStatus) -> bool:
         """VPC's status is read only by teardown, which waits for it to report Deleted."""
         return status.state == "Deleted"
 
     async def owned_keys(self) -> Sequence[str]:
-        keys = set()
-        for holder in self.book.holders().values():
-            parts = holder.split("/")
-            if len(parts) == 3 and parts[0] == "project":
-                keys.add(parts[1])
+        keys = set(self.book.claims().values())
+        for space in self.book.spaces():
+            if space.startswith("subnet."):
+                keys.add(space.removeprefix("subnet."))
+                continue
+            for holder in set(self.book.held(space)) | set(self.book.bindings(space)):
+                parts = holder.split("/")
+                if len(parts) >= 3 and parts[0] == "project":
+                    keys.add(parts[1])
         return sorted(keys)
 
     async def reconcile(self, ctx: Context) -> Result:
         record = ctx.record
         if record is None or record.spec is None:
-            return await self._teardown(ctx)
+            result = await self._teardown(ctx)
+            return self._orphan_members(ctx, result)
         return await self._admit(ctx, record.spec)
+
+    # -- admission and the gateway EIP ---------------------------------------------------
 
     def _pool_for(self, spec: ProjectSpec) -> Pool:
         network = spec.egress_network_type
@@ -83,14 +155,20 @@ class IpamReconciler:
             )
         return pool
 
+    def _held_pool(self, holder: str) -> str | None:
+        for name, pool in self.policy.pools.items():
+            if self.book.binding(pool.prefix, holder) is not None:
+                return name
+        return None
+
     async def _admit(self, ctx: Context, spec: ProjectSpec) -> Result:
         pool = self._pool_for(spec)
         holder = gateway_holder(ctx.key)
-        held = self.book.held_by(holder)
-        if held is not None and held[0] != pool.name:
+        held = self._held_pool(holder)
+        if held is not None and held != pool.name:
             raise PermanentError(
                 "EgressNetworkTypeImmutable",
-                f"egressNetworkType is immutable: the project egresses through {held[0]}",
+                f"egressNetworkType is immutable: the project egresses through {held}",
             )
         ns = names.namespace(ctx.organization, ctx.project)
         owner = await self.book.claim(namespace_key(ns), ctx.key)
@@ -99,39 +177,209 @@ class IpamReconciler:
                 "NamespaceConflict",
                 f"backing namespace {ns} is already used by project {owner.replace('.', '/')}",
             )
-        ip = await self.book.allocate(pool, holder)
-        if ip is None:
+        try:
+            gw = await self.book.ensure(pool, holder)
+        except AllocationError as exc:
             return Result(
-                "Error",
-                "NoAvailableIPs",
-                f"external network {pool.name} ({pool.network}) has no free address",
-                requeue_after=5.0,
-            )
-        eip = ExternalAddress(
-            name=GATEWAY_EIP,
-            ip_address=str(ip),
-            network=pool.name,
-            prefix_length=pool.network.prefixlen,
-            gateway=str(pool.gateway),
-            ready=True,
-            ownership_type="Shared",
-            owners=[f"Snat/{ns}"],
-        )
+                "Error", exc.reason, exc.message, requeue_after=RETRY_EXHAUSTED
+            )  # the project cannot egress yet; its members wait with it
+        eip = _external(GATEWAY_EIP, gw, pool, ownership="Shared", owners=[f"Snat/{ns}"])
+        subnet = project_subnet(ctx.key, spec.network, spec.gateway)
+        members = await self._members(ctx, ns, subnet)
         facts = AddressFacts(
             cidr_block=spec.cidr_block,
             egress_network_type=spec.egress_network_type,
             gateway_ip=str(spec.gateway),
-            eips=[eip],
+            eips=[eip, *members.eips],
+            workloads=members.workloads,
+            subnet=self.usage(subnet),
         )
+        message = f"{GATEWAY_EIP} {gw.ip} on {pool.name}"
+        if members.swept:
+            message += f"; swept {len(members.swept)}: {', '.join(sorted(members.swept))}"
+            log.info("ipam sweep freed", freed=sorted(members.swept))
         return Result(
-            "Ready", "Allocated", f"{GATEWAY_EIP} {ip} on {pool.name}", addresses=facts,
-            objects=[f"EIP/{GATEWAY_EIP}={ip}"],
+            "Ready", "Allocated", message, addresses=facts,
+            objects=[f"EIP/{GATEWAY_EIP}={gw.ip}"], members=members.states,
+            requeue_after=RETRY_EXHAUSTED if members.retry else None,
         )  # fmt: skip
 
+    async def expire_pool(self, name: str) -> list[str]:
+        """Drop released records of ``name`` whose project is gone and quarantine is over."""
+        live = set(self.book.claims().values())
+
+        def keep(holder: str) -> bool:
+            parts = holder.split("/")
+            return len(parts) >= 3 and parts[0] == "project" and parts[1] in live
+
+        return await self.book.expire(self.policy.pools[name], keep)
+
+    def usage(self, space: Pool) -> Usage:
+        view = self.book.view(space)
+        now = time.time()
+        counts = view.counts(now, self.book.quarantine)
+        in_use, available = view.ranges(now, self.book.quarantine)
+        return Usage(
+            cidr=str(space.network),
+            capacity=counts.capacity,
+            in_use=counts.in_use,
+            quarantined=counts.quarantined,
+            available=counts.available,
+            in_use_ranges=in_use,
+            available_ranges=available,
+        )
+
+    # -- members: NICs and user EIPs -----------------------------------------------------
+
+    async def _members(self, ctx: Context, ns: str, subnet: Pool) -> _Members:
+        out = _Members()
+        live = {m: r for m, r in ctx.members.items() if not r.deleted}
+        nics = {r.workload.holder: r for r in live.values() if r.workload is not None}
+        eips = {r.eip.name: r for r in live.values() if r.eip is not None}
+        macs = {b.mac: h for h, b in self.book.bindings(subnet.prefix).items()}
+        names_taken: dict[tuple[str, str], str] = {}
+        jobs: list[Awaitable[None]] = []
+        for holder, rec in sorted(nics.items()):
+            assert rec.workload is not None
+            nic = rec.workload
+            other = names_taken.setdefault((nic.name, nic.interface), holder)
+            if other != holder:
+                out.state(rec, "Error", "NameConflict",
+                          f"{holder}: {other} has the same name and interface in {ns}")  # fmt: skip
+                continue
+            if nic.mac is not None and macs.setdefault(nic.mac, holder) != holder:
+                out.state(rec, "Error", "MACConflict",
+                          f"mac {nic.mac} is already used by {macs[nic.mac]}")  # fmt: skip
+                self._keep(out, subnet, rec, nic)
+                continue
+            jobs.append(self._nic(out, ns, subnet, rec, nic))
+        for _name, rec in sorted(eips.items()):
+            assert rec.eip is not None
+            jobs.append(self._eip(out, ctx.key, rec, rec.eip))
+        for i in range(0, len(jobs), PIPELINE):
+            await asyncio.gather(*jobs[i : i + PIPELINE])
+        for rec in ctx.members.values():
+            if rec.deleted:
+                out.state(rec, "Deleted", "Released")
+        await self._sweep(out, ctx, subnet, set(nics), {eip_holder(ctx.key, n) for n in eips})
+        out.workloads.sort(key=lambda w: IPv4Address(w.ip_address))
+        out.eips.sort(key=lambda e: e.name)
+        return out
+
+    async def _nic(
+        self, out: _Members, ns: str, subnet: Pool, rec: MemberRecord, nic: WorkloadSpec
+    ) -> None:
+        holder = nic.holder
+        static = IPv4Address(nic.ip) if nic.ip is not None else None
+        try:
+            bound = await self.book.ensure(
+                subnet, holder, static=static, mac=nic.mac,
+                default_mac=lambda _ip: workload_mac(ns, holder),
+            )  # fmt: skip
+        except AllocationError as exc:
+            out.state(rec, "Error", exc.reason, f"{holder}: {exc.message}")
+            self._keep(out, subnet, rec, nic)  # a refused change keeps the address it had
+            return
+        out.workloads.append(_workload(rec, nic, bound))
+        out.state(rec, "Ready", "Allocated", f"{bound.ip} {bound.mac}")
+
+    def _keep(self, out: _Members, subnet: Pool, rec: MemberRecord, nic: WorkloadSpec) -> None:
+        bound = self.book.binding(subnet.prefix, nic.holder)
+        if bound is not None:
+            out.workloads.append(_workload(rec, nic, bound))
+
+    async def _eip(self, out: _Members, key: str, rec: MemberRecord, spec: EipSpec) -> None:
+        holder = eip_holder(key, spec.name)
+        network = spec.external_network_type or self.policy.default_network
+        pool = self.policy.pools.get(network)
+        held = self._held_pool(holder)
+        problem = None
+        if spec.name == GATEWAY_EIP:
+            problem = ("NameReserved", f"EIP name {GATEWAY_EIP} is the project's gateway EIP")
+        elif pool is None:
+            problem = ("UnknownNetwork", f"no external pool is configured for {network!r}")
+        elif held is not None and held != network:
+            problem = ("ExternalNetworkTypeImmutable", f"the EIP already has an address on {held}")
+        if problem is not None or pool is None:
+            reason, message = problem or ("UnknownNetwork", network)
+            out.state(rec, "Error", reason, message)
+            return
+        try:
+            bound = await self.book.ensure(pool, holder)
+        except AllocationError as exc:
+            out.state(rec, "Error", exc.reason, exc.message)
+            out.eips.append(
+                ExternalAddress(
+                    name=spec.name, ip_address="", network=pool.name,
+                    prefix_length=pool.network.prefixlen, gateway=str(pool.gateway),
+                    ready=False, ownership_type="Released", reason=exc.reason,
+                )
+            )  # fmt: skip
+            out.retry = exc.reason == "NoAvailableIPs"  # ready by itself once one frees up
+            return
+        out.eips.append(_external(spec.name, bound, pool, ownership="Released", owners=[]))
+        out.state(rec, "Ready", "Allocated", f"{bound.ip} on {pool.name}")
+
+    async def _sweep(
+        self, out: _Members, ctx: Context, subnet: Pool, nics: set[str], eips: set[str]
+    ) -> None:
+        """Free addresses whose holder is gone: detached NICs, deleted EIPs, orphans."""
+        tombstoned = {member_holder(ctx.key, m) for m, r in ctx.members.items() if r.deleted}
+        now = time.time()
+        spaces: list[tuple[Pool, set[str]]] = [(subnet, nics)]
+        prefix = f"project/{ctx.key}/eip/"
+        spaces += [(pool, eips) for pool in self.policy.pools.values()]
+        for space, wanted in spaces:
+            for holder, ip in self.book.held(space.prefix).items():
+                if space.kind == "pool" and not holder.startswith(prefix):
+                    continue
+                if holder in wanted:
+                    continue
+                slot = self.book.slots(space.prefix).get(ip)
+                if holder not in tombstoned and slot is not None and now - slot.at < SWEEP_GRACE:
+                    continue  # maybe a member another replica just recorded
+                await self.book.release(space, holder)
+                if holder not in tombstoned:
+                    out.swept.append(f"{holder}={ip}")
+            for holder in set(self.book.bindings(space.prefix)) - set(self.book.held(space.prefix)):
+                if holder not in wanted and (space.kind == "subnet" or holder.startswith(prefix)):
+                    await self.book.release(space, holder)  # a binding left by a crash
+
+    def _orphan_members(self, ctx: Context, result: Result) -> Result:
+        """Members of a project that does not exist (yet, or any more) wait for it."""
+        states = _Members()
+        for rec in ctx.members.values():
+            if rec.deleted:
+                states.state(rec, "Deleted", "Released")
+            else:
+                states.state(
+                    rec, "Error", "ProjectNotFound",
+                    f"project {ctx.organization}/{ctx.project} does not exist",
+                )  # fmt: skip
+        if not states.states:
+            return result
+        waiting = any(s.state == "Error" for s in states.states)
+        if result.state == "Deleted" and waiting:
+            result = Result("Pending", "WaitingForProject", "members wait for the project")
+        return Result(
+            result.state, result.reason, result.message, result.requeue_after,
+            result.addresses, result.objects, states.states,
+        )  # fmt: skip
+
+    # -- teardown ------------------------------------------------------------------------
+
     async def _teardown(self, ctx: Context) -> Result:
-        holder = gateway_holder(ctx.key)
         ns_key = namespace_key(names.namespace(ctx.organization, ctx.project))
-        if self.book.held_by(holder) is None and self.book.holders().get(ns_key) != ctx.key:
+        subnet_prefix = f"subnet.{ctx.key}"
+        prefix = f"project/{ctx.key}/"
+        held = [
+            (pool, h)
+            for pool in self.policy.pools.values()
+            for h in set(self.book.held(pool.prefix)) | set(self.book.bindings(pool.prefix))
+            if h.startswith(prefix)
+        ]
+        has_subnet = subnet_prefix in self.book.spaces()
+        if not held and not has_subnet and self.book.claim_of(ns_key) != ctx.key:
             return Result("Deleted", "Released")
         if ctx.record is not None:
             vpc = await ctx.peers.status("vpc", ctx.organization, ctx.project)
@@ -141,6 +389,37 @@ class IpamReconciler:
                     "WaitingForVpcTeardown",
                     "addresses are returned once the VPC no longer uses them",
                 )
-        freed = await self.book.release(holder)
+        freed = []
+        for pool, holder in held:
+            ip = await self.book.release(pool, holder)
+            if ip is not None:
+                freed.append(f"{holder.removeprefix(prefix)}={ip}")
+        dropped = await self.book.drop_space(subnet_prefix) if has_subnet else 0
         await self.book.unclaim(ns_key, ctx.key)
-        return Result("Deleted", "Released", f"released {freed}" if freed else "")
+        message = f"released {', '.join(sorted(freed))}" if freed else ""
+        if dropped:
+            message += f"{'; ' if message else ''}dropped {dropped} subnet keys"
+        return Result("Deleted", "Released", message)
+
+
+def member_holder(project_key: str, member: str) -> str:
+    """The holder name of a member key: ``vm/a/default`` or ``project/o.p/eip/x``."""
+    kind, parts = parse_member(member)
+    return "/".join(parts) if kind == "workload" else eip_holder(project_key, parts[0])
+
+
+def _external(
+    name: str, bound: Binding, pool: Pool, *, ownership: str, owners: list[str]
+) -> ExternalAddress:
+    return ExternalAddress.model_validate(
+        {"name": name, "ip_address": bound.ip, "network": pool.name,
+         "prefix_length": pool.network.prefixlen, "gateway": str(pool.gateway), "ready": True,
+         "ownership_type": ownership, "owners": owners}
+    )  # fmt: skip
+
+
+def _workload(rec: MemberRecord, nic: WorkloadSpec, bound: Binding) -> WorkloadAddress:
+    return WorkloadAddress(
+        member=rec.member, kind=nic.kind, name=nic.name, interface=nic.interface,
+        ip_address=bound.ip, mac_address=bound.mac, static=bound.static,
+    )  # fmt: skip

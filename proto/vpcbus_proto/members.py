@@ -1,0 +1,137 @@
+"""Things that live inside a project: workload NICs (VMs, pods) and user EIPs.
+
+A *member* belongs to exactly one project and has its own lifecycle events
+(``workload.attached|detached``, ``eip.created|deleted``). Services record members next to
+their project and reconcile the project as a whole, so a member event for a project that
+does not exist yet simply waits for it.
+
+A member is named in subjects, KV keys and statuses by its :func:`member_key`:
+``workload.<kind>.<name>.<interface>`` or ``eip.<name>``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from vpcbus_proto import names
+from vpcbus_proto.projects import ProjectRef, _Model
+
+WorkloadKind = Literal["vm", "pod"]
+MemberKind = Literal["workload", "eip"]
+
+#: Kube-DC VMs attach to the project network as interface ``default``.
+DEFAULT_INTERFACE = "default"
+
+_MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+
+
+class _InProject(_Model):
+    organization: names.Label = Field(description="Organization (DNS-1123 label).")
+    project: names.Label = Field(description="Project name (DNS-1123 label).")
+
+    @property
+    def project_ref(self) -> ProjectRef:
+        return ProjectRef(organization=self.organization, name=self.project)
+
+    @property
+    def project_key(self) -> str:
+        return names.project_key(self.organization, self.project)
+
+
+class WorkloadRef(_InProject):
+    """One network interface of a VM or pod in a project."""
+
+    kind: WorkloadKind = Field(description="vm or pod.")
+    name: names.Label = Field(description="VM or pod name (DNS-1123 label).")
+    interface: names.Label = Field(
+        default=DEFAULT_INTERFACE, description="Interface (network) name; VMs use default."
+    )
+
+    @property
+    def member(self) -> str:
+        return workload_member(self.kind, self.name, self.interface)
+
+    @property
+    def holder(self) -> str:
+        """Who holds the address, as IPAM and ``vpcbus get ip`` name it."""
+        return f"{self.kind}/{self.name}/{self.interface}"
+
+
+class WorkloadSpec(WorkloadRef):
+    """``workload.attached``: the NIC and what it asks for."""
+
+    ip: str | None = Field(
+        default=None, description="Requested static address inside the project's cidrBlock."
+    )
+    mac: str | None = Field(
+        default=None, description="Requested MAC (unicast, lower-case aa:bb:cc:dd:ee:ff)."
+    )
+
+    @field_validator("ip")
+    @classmethod
+    def _valid_ip(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return str(ipaddress.IPv4Address(value))
+        except ValueError:
+            raise ValueError(f"ip {value!r} is not an IPv4 address") from None
+
+    @field_validator("mac")
+    @classmethod
+    def _valid_mac(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        mac = value.lower()
+        if not _MAC.fullmatch(mac):
+            raise ValueError(f"mac {value!r} is not a MAC address like 0a:58:0a:00:00:05")
+        if int(mac[:2], 16) & 1:
+            raise ValueError(f"mac {value!r} is a multicast address")
+        if mac == "00:00:00:00:00:00":
+            raise ValueError("mac 00:00:00:00:00:00 is not a usable address")
+        return mac
+
+
+class EipRef(_InProject):
+    """A user EIP in a project (Kube-DC ``EIp``)."""
+
+    name: names.Label = Field(description="EIP name (DNS-1123 label).")
+
+    @property
+    def member(self) -> str:
+        return eip_member(self.name)
+
+
+class EipSpec(EipRef):
+    """``eip.created``: which external network to take the address from."""
+
+    external_network_type: names.Label | None = Field(
+        default=None, description="External network (pool); the platform default when omitted."
+    )
+
+
+def workload_member(kind: str, name: str, interface: str) -> str:
+    return f"workload.{kind}.{name}.{interface}"
+
+
+def eip_member(name: str) -> str:
+    return f"eip.{name}"
+
+
+def parse_member(member: str) -> tuple[MemberKind, tuple[str, ...]]:
+    """``workload.vm.a.default`` -> ("workload", ("vm", "a", "default")); ValueError else."""
+    parts = tuple(member.split("."))
+    kinds = ("vm", "pod")
+    if len(parts) == 4 and parts[0] == "workload" and parts[1] in kinds and _labels(parts[2:]):
+        return "workload", parts[1:]
+    if parts[0] == "eip" and len(parts) == 2 and names.is_label(parts[1]):
+        return "eip", parts[1:]
+    raise ValueError(f"not a member key: {member!r}")
+
+
+def _labels(parts: tuple[str, ...]) -> bool:
+    return all(names.is_label(p) for p in parts)
