@@ -38,7 +38,6 @@ from vpcbus_ipam.allocator import AllocationError, Slot, SpaceView
 from vpcbus_ipam.pools import Pool
 from vpcbus_runtime.kvmirror import mirror
 
-
 BIND = "bind."
 NS = "ns."
 #: How often one allocation retries after losing compare-and-set races to other replicas.
