@@ -21,6 +21,7 @@ from nats.js.errors import NotFoundError
 
 from vpcbus_proto import events, names, subjects
 from vpcbus_proto.errors import ErrorEvent
+from vpcbus_proto.members import EipRef, EipSpec, WorkloadRef, WorkloadSpec
 from vpcbus_proto.projects import ProjectRef, ProjectSpec
 from vpcbus_proto.status import ServiceStatus
 from vpcbus_proto.subjects import ServiceName
@@ -110,6 +111,37 @@ class Client:
 
     async def delete(self, ref: ProjectRef, *, generation: int | None = None) -> Published:
         subject = subjects.PROJECT_DELETED
+        return await self.publish_body(
+            subject, events.new_event(subject, ref, generation=generation)
+        )
+
+    async def attach(self, nic: WorkloadSpec, *, generation: int | None = None) -> Published:
+        """Publish ``workload.attached`` for a VM or pod NIC."""
+        subject = subjects.WORKLOAD_ATTACHED
+        return await self.publish_body(
+            subject, events.new_event(subject, nic, generation=generation)
+        )
+
+    async def detach(self, nic: WorkloadRef, *, generation: int | None = None) -> Published:
+        """Publish ``workload.detached`` (only the NIC's identity is sent)."""
+        ref = WorkloadRef(
+            organization=nic.organization, project=nic.project, kind=nic.kind, name=nic.name,
+            interface=nic.interface,
+        )  # fmt: skip
+        subject = subjects.WORKLOAD_DETACHED
+        return await self.publish_body(
+            subject, events.new_event(subject, ref, generation=generation)
+        )
+
+    async def create_eip(self, eip: EipSpec, *, generation: int | None = None) -> Published:
+        subject = subjects.EIP_CREATED
+        return await self.publish_body(
+            subject, events.new_event(subject, eip, generation=generation)
+        )
+
+    async def delete_eip(self, eip: EipRef, *, generation: int | None = None) -> Published:
+        ref = EipRef(organization=eip.organization, project=eip.project, name=eip.name)
+        subject = subjects.EIP_DELETED
         return await self.publish_body(
             subject, events.new_event(subject, ref, generation=generation)
         )
@@ -259,6 +291,40 @@ def ready_at(generation: int) -> Callable[[Statuses], bool]:
             and min(gens) >= generation
             and all(s.state == "Ready" for s in statuses.values())
         )
+
+    return check
+
+
+def member_at(
+    member: str, generation: int, *, services: tuple[ServiceName, ...] = ("ipam",)
+) -> Callable[[Statuses], bool]:
+    """The member (``workload.vm.a.default``, ``eip.x``) is settled at ``generation`` or
+    later in every one of ``services``: Ready, or Error (the caller reads which), or, for a
+    removal, Deleted or no longer listed."""
+
+    def check(statuses: Statuses) -> bool:
+        for service in services:
+            st = statuses.get(service)
+            state = st.member(member) if st is not None else None
+            if state is None or state.generation < generation:
+                return False
+        return True
+
+    return check
+
+
+def member_gone(
+    member: str, *, services: tuple[ServiceName, ...] = ("ipam",)
+) -> Callable[[Statuses], bool]:
+    """No service of ``services`` lists the member any more, or each says it is Deleted."""
+
+    def check(statuses: Statuses) -> bool:
+        for service in services:
+            st = statuses.get(service)
+            state = st.member(member) if st is not None else None
+            if state is not None and state.state != "Deleted":
+                return False
+        return True
 
     return check
 

@@ -264,6 +264,7 @@ class IpamReconciler:
         await self._sweep(out, ctx, subnet, set(nics), {eip_holder(ctx.key, n) for n in eips})
         out.workloads.sort(key=lambda w: IPv4Address(w.ip_address))
         out.eips.sort(key=lambda e: e.name)
+        out.states.sort(key=lambda m: m.member)  # a stable status: republished on change only
         return out
 
     async def _nic(
