@@ -184,6 +184,21 @@ class AddressBook:
         """holder -> address, for every address held in ``space`` (bound or not)."""
         return {s.holder: ip for ip, s in self._slots.get(space, {}).items() if s.held}
 
+    def strays(self, space: str) -> list[tuple[str, IPv4Address, Slot]]:
+        """Held addresses that are not their holder's bound one (a crash or a lost race
+        between claim and binding left them): (holder, address, slot)."""
+        binds = self._binds.get(space, {})
+        out = []
+        for ip, slot in self._slots.get(space, {}).items():
+            bound = binds.get(slot.holder)
+            if slot.held and bound is not None and bound[0].ip != str(ip):
+                out.append((slot.holder, ip, slot))
+        return out
+
+    async def release_stray(self, space: Pool, holder: str, ip: IPv4Address) -> None:
+        """Release one stray address (see :meth:`strays`) into quarantine."""
+        await self._release_address(self.view(space), ip, holder)
+
     def slots(self, space: str) -> dict[IPv4Address, Slot]:
         return dict(self._slots.get(space, {}))
 
@@ -217,6 +232,11 @@ class AddressBook:
             if found is not None:
                 bound, revision = found
                 slot = view.slots.get(IPv4Address(bound.ip))
+                if slot is None or not slot.held or slot.holder != holder:
+                    # Our mirror may lag behind the replica that wrote this binding: ask the
+                    # store before calling it stale, or we would drop a valid allocation.
+                    await self._refresh(address_key(space.prefix, IPv4Address(bound.ip)))
+                    slot = view.slots.get(IPv4Address(bound.ip))
                 if slot is None or not slot.held or slot.holder != holder:
                     await self._drop_binding(space.prefix, holder, revision)  # stale
                     continue

@@ -342,16 +342,25 @@ class IpamReconciler:
                 await self.book.release(space, holder)
                 if holder not in tombstoned:
                     out.swept.append(f"{holder}={ip}")
+            for holder, ip, slot in self.book.strays(space.prefix):
+                mine = space.kind == "subnet" or holder.startswith(prefix)
+                if mine and now - slot.at >= SWEEP_GRACE:  # else maybe a claim in flight
+                    await self.book.release_stray(space, holder, ip)
+                    out.swept.append(f"{holder}={ip}")
             for holder in set(self.book.bindings(space.prefix)) - set(self.book.held(space.prefix)):
                 if holder not in wanted and (space.kind == "subnet" or holder.startswith(prefix)):
                     await self.book.release(space, holder)  # a binding left by a crash
 
     def _orphan_members(self, ctx: Context, result: Result) -> Result:
-        """Members of a project that does not exist (yet, or any more) wait for it."""
+        """Members of a project that does not exist yet wait for it; those of a deleted
+        project go with it (its namespace and workloads are gone: Kube-DC's cascade), and
+        are forgotten together with the project's tombstone."""
         states = _Members()
         for rec in ctx.members.values():
             if rec.deleted:
                 states.state(rec, "Deleted", "Released")
+            elif ctx.record is not None:
+                states.state(rec, "Deleted", "ProjectDeleted", "released with its project")
             else:
                 states.state(
                     rec, "Error", "ProjectNotFound",
