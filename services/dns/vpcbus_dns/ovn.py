@@ -30,7 +30,7 @@ def converge_zone(api: Any, txn: Txn, want: DesiredZone) -> list[str]:
         extra.delete()
     ovn.converge(row, records=dict(want.records), external_ids=ids)
     ovn.ensure_member(switch, "dns_records", row)
-    return [f"DNS/{name}" for name in sorted(want.records)]
+    return want.objects()
 
 
 def _mine(row: Any, key: str) -> bool:

@@ -9,6 +9,9 @@ namespace ``<org>-<project>``):
 * router port ``N-ext-<network>`` at the gateway EIP (Kube-DC's ``<N>-ext-cloud`` OvnEip),
   switch port ``ext-<network>-N`` on the shared external switch ``ext-<network>``
 * static route ``0.0.0.0/0`` via the external network's gateway
+* one switch port per NIC that IPAM addressed, named as Kube-OVN names pod and VM ports
+  (:func:`vpcbus_proto.names.workload_port`), with its MAC and IP as ``addresses`` and as
+  ``port_security`` (anti-spoofing, as Neutron does by default)
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from vpcbus_proto import names
 from vpcbus_proto.projects import ProjectSpec
-from vpcbus_proto.status import AddressFacts, ExternalAddress
+from vpcbus_proto.status import AddressFacts, ExternalAddress, WorkloadAddress
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,21 @@ class Route:
 
 
 @dataclass(frozen=True)
+class WorkloadPort:
+    """The switch port of one NIC on the project switch."""
+
+    name: str
+    member: str  # workload.<kind>.<name>.<interface>
+    mac: str
+    ip: str
+
+    @property
+    def address(self) -> str:
+        """``"<mac> <ip>"``: the value of both ``addresses`` and ``port_security``."""
+        return f"{self.mac} {self.ip}"
+
+
+@dataclass(frozen=True)
 class DesiredVpc:
     key: str
     namespace: str
@@ -49,6 +68,7 @@ class DesiredVpc:
     external: PortPair
     external_network: str
     routes: tuple[Route, ...]
+    workloads: tuple[WorkloadPort, ...] = ()
 
     def objects(self) -> list[str]:
         return [
@@ -69,11 +89,21 @@ def external_switch(network: str) -> str:
     return f"ext-{network}"
 
 
+def workload_ports(namespace: str, nics: list[WorkloadAddress]) -> tuple[WorkloadPort, ...]:
+    """One port per NIC, by port name. IPAM refuses a second NIC with the same name and
+    interface, so names are unique; should two ever meet, the first by member key wins."""
+    ports: dict[str, WorkloadPort] = {}
+    for nic in sorted(nics, key=lambda n: n.member):
+        name = names.workload_port(namespace, nic.name, nic.interface)
+        ports.setdefault(name, WorkloadPort(name, nic.member, nic.mac_address, nic.ip_address))
+    return tuple(ports.values())
+
+
 def build(
     key: str, namespace: str, spec: ProjectSpec, gw: ExternalAddress, facts: AddressFacts,
     *, chassis: str,
 ) -> DesiredVpc:  # fmt: skip
-    """The VPC of one project from its spec and IPAM's gateway EIP."""
+    """The VPC of one project from its spec, IPAM's gateway EIP and its addressed NICs."""
     router = namespace
     switch = f"{namespace}-default"
     ext_switch = external_switch(gw.network)
@@ -102,4 +132,5 @@ def build(
         ),
         external_network=gw.network,
         routes=(Route("0.0.0.0/0", gw.gateway),),
+        workloads=workload_ports(namespace, facts.workloads),
     )

@@ -4,17 +4,26 @@ Every function here runs inside :meth:`vpcbus_runtime.ovn.NbSession.transact`, i
 thread. Only rows owned by ``vpc`` for the project are touched, plus the shared external
 switches (owned by ``vpc`` with no project), which are created on demand and never removed
 by a project's teardown.
+
+Workload ports (one per NIC IPAM addressed) also carry ``vpcbus-role=workload`` and
+``vpcbus-member=<member key>``: converge adds, updates and removes exactly those on the project
+switch. A project may have thousands, so the switch's ports are read once per converge (every
+read of a set column of an IDL row rebuilds it) and matched by name in a dict.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from vpcbus_runtime import ovn
 from vpcbus_runtime.ovn import OWNER, PROJECT, Row, Txn
-from vpcbus_vpc.desired import DesiredVpc, PortPair, external_switch
+from vpcbus_vpc.desired import DesiredVpc, PortPair, WorkloadPort, external_switch
 
 SERVICE = "vpc"
+ROLE = "vpcbus-role"
+MEMBER = "vpcbus-member"
+WORKLOAD = "workload"
 
 #: The NB tables this service reads and writes; its session replicates only these.
 TABLES = (
@@ -29,7 +38,7 @@ TABLES = (
 def ensure_external_switch(api: Any, txn: Txn, network: str) -> Row:
     """The shared external switch of ``network`` with its localnet port."""
     name = external_switch(network)
-    ids = ovn.ownership(SERVICE, None, **{"vpcbus-role": "external", "vpcbus-network": network})
+    ids = ovn.ownership(SERVICE, None, **{ROLE: "external", "vpcbus-network": network})
     ls = ovn.find(api, "Logical_Switch", name)
     if ls is None:
         ls = ovn.insert(api, txn, "Logical_Switch", name=name, external_ids=ids)
@@ -76,7 +85,9 @@ def _routes(txn: Txn, api: Any, router: Row, want: DesiredVpc, ids: dict[str, st
         stale.delete()
 
 
-def _drop_stale_ports(api: Any, want: DesiredVpc, router: Row, switch: Row) -> None:
+def _drop_stale_ports(
+    api: Any, want: DesiredVpc, router: Row, switch: Row, switch_ports: _SwitchPorts
+) -> None:
     """Remove the project's ports that the desired VPC no longer has.
 
     Only :func:`converge_vpc` attaches a project's ports: router ports to the project's
@@ -84,7 +95,8 @@ def _drop_stale_ports(api: Any, want: DesiredVpc, router: Row, switch: Row) -> N
     ``<router>-<S>`` / ``<S>-<router>`` (:mod:`.desired`). So the places to look are the
     project's router and switch and, for each stale router port, its peer by name, instead
     of every router and switch in the NB, which cost O(projects) per reconcile (issue 9).
-    Teardown still sweeps everything the project owns.
+    Teardown still sweeps everything the project owns. Workload ports are
+    :func:`_workload_ports`'s.
     """
     keep_lrp = {want.lan.router_port, want.external.router_port}
     keep_lsp = {want.lan.switch_port, want.external.switch_port}
@@ -98,9 +110,10 @@ def _drop_stale_ports(api: Any, want: DesiredVpc, router: Row, switch: Row) -> N
             ls = ovn.find(api, "Logical_Switch", peer_switch)
             if peer is not None and ls is not None and _mine(peer, want.key):
                 _drop_port(ls, peer, keep_lsp)
-    for lsp in list(switch.ports):
-        if _mine(lsp, want.key):
-            _drop_port(switch, lsp, keep_lsp)
+    for lsp in switch_ports.others:
+        if _mine(lsp, want.key) and lsp.name not in keep_lsp:
+            switch.delvalue("ports", lsp)
+            lsp.delete()
 
 
 def _drop_port(ls: Row, lsp: Row, keep: set[str]) -> None:
@@ -114,7 +127,73 @@ def _mine(row: Row, key: str) -> bool:
     return bool(ids.get(OWNER) == SERVICE and ids.get(PROJECT) == key)
 
 
-def converge_vpc(api: Any, txn: Txn, want: DesiredVpc) -> None:
+def _is_workload(lsp: Row) -> bool:
+    return bool(lsp.external_ids.get(ROLE) == WORKLOAD)
+
+
+@dataclass
+class _SwitchPorts:
+    """The project switch's ports, read once per converge: every read of an IDL row's set
+    or map column rebuilds it, which a project with thousands of ports cannot afford."""
+
+    #: the project's workload ports by name, with their external_ids as read
+    workloads: dict[str, tuple[Row, dict[str, str]]]
+    #: every other port on the switch
+    others: list[Row]
+
+    @classmethod
+    def read(cls, switch: Row, key: str) -> _SwitchPorts:
+        out = cls({}, [])
+        for lsp in switch.ports:
+            ids = lsp.external_ids
+            mine = ids.get(OWNER) == SERVICE and ids.get(PROJECT) == key
+            if mine and ids.get(ROLE) == WORKLOAD:
+                out.workloads[lsp.name] = (lsp, ids)
+            else:
+                out.others.append(lsp)
+        return out
+
+
+def _workload_ports(
+    api: Any, txn: Txn, switch: Row, switch_ports: _SwitchPorts, want: DesiredVpc,
+    ids: dict[str, str],
+) -> dict[str, str]:  # fmt: skip
+    """Converge the NICs' ports on the project switch; drop the project's workload ports
+    that no NIC wants (detached). Returns the ports that could not be bound: port -> why."""
+    conflicts: dict[str, str] = {}
+    for port in want.workloads:
+        port_ids = {**ids, ROLE: WORKLOAD, MEMBER: port.member}
+        lsp, current = switch_ports.workloads.get(port.name, (None, None))
+        if lsp is None:
+            lsp = _new_workload_port(api, txn, switch, port)
+            if isinstance(lsp, str):
+                conflicts[port.name] = lsp
+                continue
+        if current != port_ids:
+            lsp.external_ids = port_ids
+        ovn.converge(lsp, addresses=[port.address], port_security=[port.address])
+    wanted = {port.name for port in want.workloads}
+    for name, (lsp, _ids) in switch_ports.workloads.items():
+        if name not in wanted:
+            switch.delvalue("ports", lsp)
+            lsp.delete()
+    return conflicts
+
+
+def _new_workload_port(api: Any, txn: Txn, switch: Row, port: WorkloadPort) -> Row | str:
+    """A new port on the switch, unless its (unique) name is taken by a row that is not one
+    of the project's workload ports: then why, and that row is left alone."""
+    taken = ovn.find(api, "Logical_Switch_Port", port.name)
+    if taken is not None:
+        owner = taken.external_ids.get(PROJECT) or taken.external_ids.get(OWNER) or "nobody"
+        return f"port {port.name} already exists and is not this NIC's (owner: {owner})"
+    lsp = ovn.insert(api, txn, "Logical_Switch_Port", name=port.name)
+    switch.addvalue("ports", lsp)
+    return lsp
+
+
+def converge_vpc(api: Any, txn: Txn, want: DesiredVpc) -> dict[str, str]:
+    """Converge the project's rows; returns the workload ports it could not bind."""
     ids = ovn.ownership(SERVICE, want.key, **{"vpcbus-namespace": want.namespace})
     router = ovn.find(api, "Logical_Router", want.router)
     if router is None:
@@ -124,28 +203,37 @@ def converge_vpc(api: Any, txn: Txn, want: DesiredVpc) -> None:
     if switch is None:
         switch = ovn.insert(api, txn, "Logical_Switch", name=want.switch)
     ovn.converge(switch, external_ids=ids)
+    switch_ports = _SwitchPorts.read(switch, want.key)
     _router_port(api, txn, router, want.lan, ids)
     _switch_port(api, txn, switch, want.lan, ids)
     ext_switch = ensure_external_switch(api, txn, want.external_network)
     _router_port(api, txn, router, want.external, ids)
     _switch_port(api, txn, ext_switch, want.external, ids)
     _routes(txn, api, router, want, ids)
-    _drop_stale_ports(api, want, router, switch)
+    _drop_stale_ports(api, want, router, switch, switch_ports)
+    return _workload_ports(api, txn, switch, switch_ports, want, ids)
 
 
 def teardown_vpc(api: Any, txn: Txn, key: str) -> list[str]:
-    """Remove the project's ports on shared switches, then its switch, then its router."""
+    """Remove the project's ports on shared switches, then its switch with its ports (the
+    workload ports among them), then its router."""
     removed = []
     for ls in ovn.rows(api, "Logical_Switch"):
-        if _mine(ls, key):
-            continue
+        if ls.external_ids.get(OWNER) == SERVICE and ls.external_ids.get(PROJECT):
+            continue  # a project switch: ours goes below, another's holds none of our ports
         for lsp in list(ls.ports):
             if _mine(lsp, key):
                 removed.append(f"Logical_Switch_Port/{lsp.name}")
                 ls.delvalue("ports", lsp)
                 lsp.delete()
     for ls in ovn.owned(api, "Logical_Switch", SERVICE, key):
+        workloads = 0
+        for lsp in list(ls.ports):  # OVSDB would collect them with the switch; say so
+            workloads += _is_workload(lsp)
+            lsp.delete()
         removed.append(f"Logical_Switch/{ls.name}")
+        if workloads:
+            removed.append(f"{workloads} workload ports")
         ls.delete()
     for lr in ovn.owned(api, "Logical_Router", SERVICE, key):
         removed.append(f"Logical_Router/{lr.name}")

@@ -1,5 +1,8 @@
-"""The VPC service's reconcile: build the VPC once IPAM has admitted the project; tear it
-down once NAT and DNS no longer use it."""
+"""The VPC service's reconcile: build the VPC once IPAM has admitted the project, with a
+switch port for every NIC IPAM addressed; tear it down once NAT and DNS no longer use it.
+
+Each NIC's port is reported as a member status at the generation IPAM reports for the same
+member, so a client that attached a NIC can wait for "VPC has the port for this attach"."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from collections.abc import Sequence
 import structlog
 
 from vpcbus_proto import names
-from vpcbus_proto.status import ServiceStatus
+from vpcbus_proto.status import MemberStatus, ServiceStatus
 from vpcbus_proto.subjects import ServiceName
 from vpcbus_runtime.ovn import NbSession
 from vpcbus_runtime.reconciling import Context, Result
@@ -84,5 +87,27 @@ class VpcReconciler:
             ipam.addresses,
             chassis=self.chassis,
         )
-        await self.nb.transact(lambda api, txn: ovn.converge_vpc(api, txn, want))
-        return Result("Ready", "Reconciled", f"router {want.router}", objects=want.objects())
+        conflicts = await self.nb.transact(lambda api, txn: ovn.converge_vpc(api, txn, want))
+        message = f"router {want.router}, {len(want.workloads) - len(conflicts)} workload ports"
+        return Result(
+            "Ready", "Reconciled", message, objects=want.objects(),
+            members=port_states(want, ipam, conflicts),
+        )  # fmt: skip
+
+
+def port_states(
+    want: desired.DesiredVpc, ipam: ServiceStatus, conflicts: dict[str, str]
+) -> list[MemberStatus]:
+    """One status per workload port, at the generation of IPAM's status of its member."""
+    generations = {m.member: m.generation for m in ipam.members}  # O(1) per port
+    out = []
+    for port in want.workloads:
+        generation = generations.get(port.member, 0)
+        if port.name in conflicts:
+            why = conflicts[port.name]
+            out.append(MemberStatus(member=port.member, generation=generation, state="Error",
+                                    reason="PortNameTaken", message=why))  # fmt: skip
+            continue
+        out.append(MemberStatus(member=port.member, generation=generation, state="Ready",
+                                reason="PortBound", message=port.name))  # fmt: skip
+    return sorted(out, key=lambda m: m.member)
