@@ -19,49 +19,23 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from vpcbus import stack, tables, tracing
-from vpcbus.client import Client, RejectedError, Statuses, WaitTimeoutError, deleted_at, ready_at
+from vpcbus import addressing, stack, tables, tracing, vms
+from vpcbus.client import RejectedError, Statuses, WaitTimeoutError, deleted_at, ready_at
+from vpcbus.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_TIMEOUT,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    CliError,
+    connect,
+    endpoints,
+    invalid,
+    parse_ref,
+)
 from vpcbus_proto import names, subjects
 from vpcbus_proto.projects import ProjectRef, ProjectSpec
 from vpcbus_proto.status import project_ready
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
-
-
-class CliError(Exception):
-    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def endpoints(home: Path) -> dict[str, str]:
-    """NATS_URL / OVN_NB_DB / OVN_SB_DB: environment first, then a running embedded stack."""
-    state = stack.load_state(home)
-    return {
-        "nats": os.environ.get("NATS_URL")
-        or (state.nats_url if state else "nats://127.0.0.1:4222"),
-        "nb": os.environ.get("OVN_NB_DB")
-        or (state.ovn_nb_db if state else "unix:/var/run/ovn/ovnnb_db.sock"),
-        "sb": os.environ.get("OVN_SB_DB")
-        or (state.ovn_sb_db if state else "unix:/var/run/ovn/ovnsb_db.sock"),
-    }
-
-
-def parse_ref(text: str) -> tuple[str, str]:
-    org, sep, name = text.partition("/")
-    if not sep or not names.is_label(org) or not names.is_label(name):
-        raise CliError(f"{text!r} is not ORG/PROJECT (lower-case DNS labels)", EXIT_USAGE)
-    return org, name
-
-
-async def connect(home: Path) -> Client:
-    url = endpoints(home)["nats"]
-    try:
-        client = await Client.connect(url)
-    except Exception as exc:
-        raise CliError(f"cannot connect to NATS at {url}: {exc}", EXIT_UNREACHABLE) from exc
-    await client.ensure_streams()
-    return client
 
 
 def _progress(statuses: Statuses) -> None:
@@ -81,8 +55,7 @@ async def project_upsert(args: argparse.Namespace, *, update: bool) -> int:
             gw_lan_ip=args.gw_lan_ip,
         )
     except ValidationError as exc:
-        problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
-        raise CliError(f"invalid project: {problems}") from exc
+        raise invalid("project", exc) from exc
     client = await connect(args.home)
     try:
         watch = await client.watch(org, name)
@@ -166,30 +139,6 @@ async def project_get(args: argparse.Namespace) -> int:
     ]
     tables.show(["SERVICE", "STATE", "GENERATION", "REASON", "MESSAGE"], rows)
     print(f"ready: {str(project_ready(st)).lower()}")
-    return EXIT_OK
-
-
-async def get_eip(args: argparse.Namespace) -> int:
-    org, name = parse_ref(args.project)
-    client = await connect(args.home)
-    try:
-        ipam = await client.status("ipam", org, name)
-    finally:
-        await client.close()
-    if ipam is None or ipam.addresses is None:
-        raise CliError(
-            f"project {org}/{name} has no EIPs"
-            + (f" ({ipam.reason}: {ipam.message})" if ipam else "")
-        )
-    age = tables.age(datetime.now(UTC) - ipam.observed_at)
-    rows = [
-        [e.name, e.ip_address, e.network.capitalize(), str(e.ready).lower(), age,
-         e.ownership_type, str(len(e.owners))]
-        for e in ipam.addresses.eips
-    ]  # fmt: skip
-    tables.show(
-        ["NAME", "EXTERNAL IP", "NETWORK TYPE", "READY", "AGE", "OWNERSHIP", "OWNERS"], rows
-    )
     return EXIT_OK
 
 
@@ -343,9 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     get = sub.add_parser("get", help="show resources")
     gsub = get.add_subparsers(dest="kind", required=True)
-    eip = gsub.add_parser("eip", help="EIPs of a project")
-    eip.add_argument("-p", "--project", required=True, metavar="ORG/PROJECT")
-    eip.set_defaults(func=get_eip)
+    addressing.add_get_parsers(gsub)
+    addressing.add_parsers(sub)
+    vms.add_parsers(sub)
 
     tr = sub.add_parser("trace", help="explain a packet's path with ovn-trace")
     tr.add_argument("project", metavar="ORG/PROJECT")

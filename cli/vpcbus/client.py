@@ -23,7 +23,7 @@ from vpcbus_proto import events, names, subjects
 from vpcbus_proto.errors import ErrorEvent
 from vpcbus_proto.members import EipRef, EipSpec, WorkloadRef, WorkloadSpec
 from vpcbus_proto.projects import ProjectRef, ProjectSpec
-from vpcbus_proto.status import ServiceStatus
+from vpcbus_proto.status import PoolUsage, ServiceStatus
 from vpcbus_proto.subjects import ServiceName
 from vpcbus_runtime import bus
 from vpcbus_runtime.statuses import StreamPeers
@@ -183,9 +183,23 @@ class Client:
             await sub.unsubscribe()
         return out
 
+    async def pool_usages(self) -> list[PoolUsage]:
+        """Every external pool's accounting, the last ``vpcbus.usage.pool.<pool>`` of each."""
+        info = await self.js.stream_info(
+            subjects.STATUS_STREAM, subjects_filter=subjects.pool_usage_subject(">")
+        )
+        out = []
+        for subject in sorted(info.state.subjects or {}):
+            msg = await self.js.get_last_msg(subjects.STATUS_STREAM, subject, direct=True)
+            if msg.data:
+                out.append(PoolUsage.model_validate_json(msg.data))
+        return out
+
     async def errors(self, limit: int = 50) -> list[ErrorEvent]:
         info = await self.js.stream_info(subjects.ERRORS_STREAM)
         out: list[ErrorEvent] = []
+        if not info.state.messages:
+            return out  # an empty stream's first sequence is 0, which get_msg refuses
         first = max(info.state.first_seq, info.state.last_seq - limit + 1)
         for seq in range(first, info.state.last_seq + 1):
             try:

@@ -24,12 +24,23 @@ from vpcbus.embedded.natsd import NatsServer
 from vpcbus.embedded.ovn import OvnCentral
 
 CHASSIS_NAME = "vpcbus-chassis-1"
+#: Every network namespace of the stack's chassis is ``<prefix>-...``; ``VPCBUS_CHASSIS_PREFIX``
+#: overrides it, so a second stack (a test's) never touches this one's namespaces.
 CHASSIS_PREFIX = "vpcbus"
 #: The stand-in upstream: the cloud network's gateway and a well-known internet address.
 INTERNET_HOST = "inet"
 INTERNET_ADDRESSES = ["100.65.0.1/16", "8.8.8.8/32", "1.1.1.1/32"]
 INTERNET_MAC = "02:65:00:00:00:01"
 MAX_BACKOFF = 30.0
+
+
+def chassis_prefix() -> str:
+    return os.environ.get("VPCBUS_CHASSIS_PREFIX") or CHASSIS_PREFIX
+
+
+def chassis_dir(home: Path) -> Path:
+    """The chassis' run directory: ``vpcbus vm`` opens the running chassis from here."""
+    return home / "chassis"
 
 
 def default_home() -> Path:
@@ -50,6 +61,7 @@ class StackState:
     chassis: str | None
     started: float
     services: dict[str, int] = field(default_factory=dict)
+    chassis_prefix: str | None = None
 
 
 def state_path(home: Path) -> Path:
@@ -129,8 +141,8 @@ def run(home: Path, *, nats_port: int, with_chassis: bool) -> None:
         nats.start()
         central.start()
         if with_chassis:
-            chassis = Chassis(home / "chassis", central.sb_db, name=CHASSIS_NAME,
-                              prefix=CHASSIS_PREFIX)  # fmt: skip
+            chassis = Chassis(chassis_dir(home), central.sb_db, name=CHASSIS_NAME,
+                              prefix=chassis_prefix())  # fmt: skip
             chassis.start()
             inet = chassis.add_external_host(
                 INTERNET_HOST, "cloud", INTERNET_ADDRESSES, mac=INTERNET_MAC
@@ -155,6 +167,7 @@ def run(home: Path, *, nats_port: int, with_chassis: bool) -> None:
             ovn_sb_db=central.sb_db,
             chassis=CHASSIS_NAME if chassis else None,
             started=time.time(),
+            chassis_prefix=chassis.prefix if chassis else None,
         )
         print(f"stack ready: NATS_URL={nats.url} OVN_NB_DB={central.nb_db}", flush=True)
         while not stopping():

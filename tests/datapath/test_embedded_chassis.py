@@ -10,15 +10,13 @@ address (and B's as B's), and B cannot reach A's 10.0.0.11.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.datapath import peers
+from tests.datapath import hosts, peers
 from vpcbus.embedded import procs
 from vpcbus.embedded.chassis import Chassis, Vm
 from vpcbus.embedded.ovn import OvnCentral
@@ -43,14 +41,7 @@ class Stack:
 def _skip_unless_usable() -> None:
     if os.geteuid() != 0:
         pytest.skip("datapath tests need root (network namespaces, veths, AF_PACKET)")
-    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
-    if missing:
-        pytest.skip(f"missing tools: {', '.join(missing)}")
-    probe = f"{PREFIX}-probe"
-    added = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
-    if added.returncode != 0:
-        pytest.skip(f"`ip netns` is unusable here: {added.stderr.strip()}")
-    subprocess.run(["ip", "netns", "del", probe], check=True)
+    hosts.skip_unless_usable(PREFIX, TOOLS)
 
 
 def _build_project(central: OvnCentral, project: str, vms: list[tuple[str, str, str]]) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ServiceProcs
-from tests.datapath import peers
+from tests.datapath import hosts, peers
 from tests.integration import helpers
 from vpcbus import stack as vpcbus_stack
 from vpcbus.client import Client
@@ -92,14 +91,7 @@ def service_env(service_env: dict[str, str]) -> dict[str, str]:
 @pytest.fixture(scope="module", autouse=True)
 def _usable() -> None:
     """Skip before any server or service starts when this host cannot run the chassis."""
-    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
-    if missing:
-        pytest.skip(f"missing tools: {', '.join(missing)}")
-    probe = f"{PREFIX}-probe"
-    added = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
-    if added.returncode != 0:
-        pytest.skip(f"`ip netns` is unusable here: {added.stderr.strip()}")
-    subprocess.run(["ip", "netns", "del", probe], check=True)
+    hosts.skip_unless_usable(PREFIX, TOOLS)
 
 
 async def _create_projects(nats_url: str) -> tuple[Project, Project]:
