@@ -31,7 +31,7 @@ from pydantic import ValidationError
 
 from vpcbus_proto import names, subjects
 from vpcbus_proto.errors import MAX_PAYLOAD_ECHO, ErrorEvent
-from vpcbus_proto.status import ServiceStatus
+from vpcbus_proto.status import MemberStatus, ServiceStatus
 from vpcbus_proto.subjects import ServiceName
 from vpcbus_runtime import intake
 from vpcbus_runtime.errors import PermanentError, TemporaryError
@@ -53,6 +53,8 @@ MAX_BACKOFF = 60.0
 class Outcome:
     result: Result
     retry: bool
+    #: ``result.members`` by member key: every member event of the run looks itself up.
+    members: dict[str, MemberStatus] = field(default_factory=dict)
 
 
 @dataclass
@@ -100,7 +102,11 @@ class Controller:
         self._wants_peer: Callable[[ServiceStatus], bool] | None = getattr(
             reconciler, "wants_peer", None
         )
-        self.queue: WorkQueue[Outcome] = WorkQueue(self._reconcile, workers=settings.workers)
+        #: Optional ``pace`` of the reconciler: see :class:`~vpcbus_runtime.workqueue.WorkQueue`.
+        pace = float(getattr(reconciler, "pace", 0.0))
+        self.queue: WorkQueue[Outcome] = WorkQueue(
+            self._reconcile, workers=settings.workers, pace=pace
+        )
         self.counters = Counters()
         self._failures: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -294,7 +300,7 @@ class Controller:
             else:
                 await msg.nak(delay=backoff(deliveries))
             return
-        state = next((m for m in outcome.result.members if m.member == ev.member), None)
+        state = outcome.members.get(ev.member)
         current = record is not None and state is not None and state.generation == record.generation
         if state is not None and state.state == "Error" and current:
             await self._publish_error(
@@ -405,15 +411,20 @@ class Controller:
         )  # fmt: skip
         if record is not None or result.state != "Deleted":
             await self.statuses.publish(org, project, record.generation if record else 0, result)
+        elif self.statuses.published(key):
+            # A project that never existed but had members (a NIC attached to it, say): once
+            # they are gone, so is the status that said they were waiting for it.
+            await self.statuses.purge(org, project)
         if result.requeue_after is not None:
             self.queue.add_after(key, result.requeue_after)
+        states = {m.member: m for m in result.members}
         if not retry:
-            await self._forget_members(key, members, result)
+            await self._forget_members(key, members, states)
         if record is not None and record.deleted and result.state == "Deleted":
             await self._maybe_forget(
                 key, org, project, revision, record.deleted_at, record.generation
             )
-        return Outcome(result, retry)
+        return Outcome(result, retry, states)
 
     async def _maybe_forget(
         self,
@@ -444,15 +455,17 @@ class Controller:
             log.info("project forgotten", project=key)
 
     async def _forget_members(
-        self, key: str, members: dict[str, MemberRecord], result: Result
+        self, key: str, members: dict[str, MemberRecord], states: dict[str, MemberStatus]
     ) -> None:
         """Purge removed members that the reconcile finished with, after the tombstone age."""
         if self.members is None:
             return
-        states = {m.member: m.state for m in result.members}
         now = datetime.now(UTC)
         for member, rec in members.items():
-            if not rec.deleted or states.get(member, "Deleted") != "Deleted":
+            if not rec.deleted:
+                continue
+            state = states.get(member)
+            if state is not None and state.state != "Deleted":
                 continue
             age = (now - rec.deleted_at).total_seconds() if rec.deleted_at else 0.0
             wait = self.settings.tombstone_seconds - age

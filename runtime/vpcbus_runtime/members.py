@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict
 
 from vpcbus_proto import names
 from vpcbus_proto.members import EipSpec, WorkloadSpec
+from vpcbus_runtime.kvcas import delete_if
 from vpcbus_runtime.kvmirror import mirror
 from vpcbus_runtime.records import Fold
 
@@ -85,8 +86,8 @@ class MemberIndex:
         project_key, member = where
         members = self._by_project.setdefault(project_key, {})
         current = members.get(member)
-        if current is not None and current[1] > revision and revision:
-            return  # the watcher lags behind a fold this process did
+        if current is not None and current[1] >= revision and revision:
+            return  # the watcher lags behind (or echoes) a fold this process applied
         if op in ("DEL", "PURGE") or not value:
             members.pop(member, None)
             if not members:
@@ -169,9 +170,7 @@ class MemberIndex:
         if current != record or not current.deleted:
             return False
         key = member_kv_key(project_key, member)
-        try:
-            await self.kv.delete(key, last=revision)
-        except KeyWrongLastSequenceError:
+        if not await delete_if(self.kv, key, revision):
             return False
         await self.kv.purge(key)
         self._apply(key, None, 0, "PURGE")

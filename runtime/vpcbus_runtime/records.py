@@ -17,6 +17,7 @@ from nats.js.kv import KeyValue
 from pydantic import BaseModel, ConfigDict
 
 from vpcbus_proto.projects import ProjectSpec
+from vpcbus_runtime.kvcas import delete_if
 
 KEY_PREFIX = "project."
 
@@ -120,9 +121,7 @@ class RecordStore:
             return True
         if rev != revision or not current.deleted:
             return False
-        try:
-            await self.kv.delete(kv_key(project_key), last=rev)
-        except KeyWrongLastSequenceError:
+        if not await delete_if(self.kv, kv_key(project_key), rev):
             return False
         await self.kv.purge(kv_key(project_key))
         return True

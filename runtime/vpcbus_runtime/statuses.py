@@ -63,6 +63,10 @@ class StatusPublisher:
         self._last[key] = fingerprint
         return status
 
+    def published(self, key: str) -> bool:
+        """This process has published a status for the project key and not purged it."""
+        return key in self._last
+
     async def purge(self, org: str, project: str) -> None:
         """Forget the project's status subject (after teardown and tombstone expiry).
 

@@ -2,8 +2,9 @@
 
 * :class:`FakeKV` - a JetStream KV bucket with the semantics the services rely on:
   ``create`` fails on a live key, ``update``/``delete`` compare the last revision, every
-  write gets a new bucket-wide revision, and ``watchall`` replays the current values,
-  sends the ``None`` "initial values done" marker, then streams live changes.
+  write gets a new bucket-wide revision, and ``watch(keys)`` (``watchall``: every key)
+  replays the current values of the matching keys, sends the ``None`` "initial values
+  done" marker, then streams their live changes.
 * :class:`FakeNb` - an OVN Northbound replica as ``vpcbus_runtime.ovn`` sees it: tables
   with typed columns, rows with ``addvalue``/``delvalue``/``delete``, ``_lookup`` by name and
   a transaction whose ``insert`` creates a row.
@@ -18,17 +19,36 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.errors import (
+    BadRequestError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NoKeysError,
+)
 from nats.js.kv import KeyValue
 
 # -- JetStream KV ---------------------------------------------------------------------------
 
 
 class FakeWatcher:
-    """What ``KeyValue.watchall()`` returns: an async iterator of entries (None = caught up)."""
+    """What ``KeyValue.watch(keys)`` returns: an async iterator of entries (None = caught up).
 
-    def __init__(self) -> None:
+    ``keys`` is a NATS subject filter over keys: ``*`` matches one token, a final ``>`` the
+    rest (one or more tokens).
+    """
+
+    def __init__(self, keys: str = ">") -> None:
+        self.keys = keys.split(".")
         self.queue: asyncio.Queue[KeyValue.Entry | None] = asyncio.Queue()
+
+    def matches(self, key: str) -> bool:
+        tokens = key.split(".")
+        for i, want in enumerate(self.keys):
+            if want == ">":
+                return len(tokens) > i
+            if i >= len(tokens) or want not in ("*", tokens[i]):
+                return False
+        return len(tokens) == len(self.keys)
 
     def __aiter__(self) -> FakeWatcher:
         return self
@@ -59,7 +79,8 @@ class FakeKV:
 
     def _notify(self, key: str, value: bytes | None, revision: int, op: str | None) -> None:
         for watcher in self.watchers:
-            watcher.queue.put_nowait(self._entry(key, value, revision, op))
+            if watcher.matches(key):
+                watcher.queue.put_nowait(self._entry(key, value, revision, op))
 
     async def _hook(self, key: str) -> None:
         await asyncio.sleep(0)  # a round trip: other tasks run before the write lands
@@ -99,7 +120,8 @@ class FakeKV:
     async def delete(self, key: str, last: int | None = None) -> bool:
         await self._hook(key)
         if last and self.data.get(key, (b"", 0))[1] != last:
-            raise KeyWrongLastSequenceError(description="wrong last sequence")
+            # nats-py 2.16 does not translate this one into KeyWrongLastSequenceError
+            raise BadRequestError(code=400, err_code=10071, description="wrong last sequence")
         self.data.pop(key, None)
         self.revision += 1
         self._notify(key, None, self.revision, "DEL")
@@ -117,9 +139,13 @@ class FakeKV:
         return sorted(self.data)
 
     async def watchall(self) -> FakeWatcher:
-        watcher = FakeWatcher()
+        return await self.watch(">")
+
+    async def watch(self, keys: str) -> FakeWatcher:
+        watcher = FakeWatcher(keys)
         for key, (value, revision) in sorted(self.data.items(), key=lambda kv: kv[1][1]):
-            watcher.queue.put_nowait(self._entry(key, value, revision, None))
+            if watcher.matches(key):
+                watcher.queue.put_nowait(self._entry(key, value, revision, None))
         watcher.queue.put_nowait(None)
         self.watchers.append(watcher)
         return watcher
@@ -208,6 +234,7 @@ SCHEMA: dict[str, dict[str, Column]] = {
         "name": SCALAR,
         "type": SCALAR,
         "addresses": SET,
+        "port_security": SET,
         "options": MAP,
         "external_ids": MAP,
     },

@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 
 from vpcbus_proto import subjects
 from vpcbus_proto.events import MAX_EVENT_BYTES, ProjectDeleted, ProjectUpserted, new_event
+from vpcbus_proto.members import EipRef, EipSpec, WorkloadRef, WorkloadSpec
 from vpcbus_proto.projects import ProjectRef, ProjectSpec
-from vpcbus_runtime.intake import Accepted, Rejected, decode
+from vpcbus_runtime.intake import Accepted, AcceptedMember, Rejected, decode
 
 REASONS = {"InvalidEvent", "InvalidSpec", "TypeMismatch", "EventTooLarge", "UnknownSubject"}
 SPEC = ProjectSpec(
@@ -35,7 +36,9 @@ def encode(body: object) -> bytes:
     return json.dumps(body).encode()
 
 
-def check_well_formed(subject: str, data: bytes, result: Accepted | Rejected) -> None:
+def check_well_formed(
+    subject: str, data: bytes, result: Accepted | AcceptedMember | Rejected
+) -> None:
     """The invariants every answer of decode() has, whatever the input."""
     if isinstance(result, Rejected):
         assert result.reason in REASONS
@@ -53,8 +56,11 @@ def check_well_formed(subject: str, data: bytes, result: Accepted | Rejected) ->
             assert result.organization is not None
         if len(data) > MAX_EVENT_BYTES:
             assert result.reason == "EventTooLarge"
-        elif subject not in subjects.PROJECT_EVENTS:
+        elif subject not in subjects.PROJECT_EVENTS + subjects.MEMBER_EVENTS:
             assert result.reason == "UnknownSubject"
+        return
+    if isinstance(result, AcceptedMember):
+        assert subject in subjects.MEMBER_EVENTS
         return
     assert isinstance(result, Accepted)
     assert subject in subjects.PROJECT_EVENTS
@@ -203,6 +209,7 @@ def test_any_identity_is_either_a_label_pair_or_not_echoed(
     if isinstance(result, Accepted):
         assert labels
     elif labels:  # only the spec can be wrong: the project is named and the spec blamed
+        assert isinstance(result, Rejected)
         assert (result.reason, result.organization, result.name) == ("InvalidSpec", org, name)
 
 
@@ -333,3 +340,94 @@ def test_generation_must_be_a_json_integer(generation: object) -> None:
     result = decode(subjects.PROJECT_CREATED, encode(body))
     assert isinstance(result, Rejected) and result.reason == "InvalidEvent"
     assert "generation" in result.message
+
+
+# -- member events: workload.attached|detached, eip.created|deleted ---------------------------
+
+NIC = WorkloadSpec(organization="acme", project="shop", kind="vm", name="ubuntu", ip="10.0.0.9")
+NIC_REF = WorkloadRef(organization="acme", project="shop", kind="vm", name="ubuntu")
+EIP = EipSpec(organization="acme", project="shop", name="web", external_network_type="public")
+EIP_REF = EipRef(organization="acme", project="shop", name="web")
+
+
+def member_body(subject: str, **changes: object) -> dict[str, Any]:
+    """A valid member event for ``subject`` with ``changes`` made to its data."""
+    data = {
+        subjects.WORKLOAD_ATTACHED: NIC,
+        subjects.WORKLOAD_DETACHED: NIC_REF,
+        subjects.EIP_CREATED: EIP,
+        subjects.EIP_DELETED: EIP_REF,
+    }[subject]
+    body = new_event(subject, data, generation=3, event_id="m-1")
+    body["data"] |= changes
+    return body
+
+
+@pytest.mark.parametrize(
+    ("subject", "expected"),
+    [
+        (subjects.WORKLOAD_ATTACHED, {"workload": NIC}),
+        (subjects.WORKLOAD_DETACHED, {}),
+        (subjects.EIP_CREATED, {"eip": EIP}),
+        (subjects.EIP_DELETED, {}),
+    ],
+)
+def test_member_events_are_accepted(subject: str, expected: dict[str, Any]) -> None:
+    member = "eip.web" if subject.startswith("eip.") else "workload.vm.ubuntu.default"
+    assert decode(subject, encode(member_body(subject))) == AcceptedMember(
+        "acme", "shop", member, "m-1", 3, **expected
+    )
+
+
+def test_a_requested_mac_is_normalised() -> None:
+    result = decode(subjects.WORKLOAD_ATTACHED, encode(member_body(
+        subjects.WORKLOAD_ATTACHED, mac="0A:58:0A:00:00:09", interface="net1")))  # fmt: skip
+    assert isinstance(result, AcceptedMember) and result.workload is not None
+    assert (result.member, result.workload.mac) == ("workload.vm.ubuntu.net1", "0a:58:0a:00:00:09")
+
+
+@pytest.mark.parametrize(
+    ("subject", "changes", "message"),
+    [
+        (subjects.WORKLOAD_ATTACHED, {"ip": "10.0.0.300"}, "data.ip: ip '10.0.0.300' is not an"),
+        (subjects.WORKLOAD_ATTACHED, {"ip": "fd00::1"}, "data.ip: ip 'fd00::1' is not an IPv4"),
+        (subjects.WORKLOAD_ATTACHED, {"mac": "0a:58:0a:00:00"}, "data.mac: mac '0a:58:0a:00:00'"),
+        (subjects.WORKLOAD_ATTACHED, {"mac": "01:00:5e:00:00:01"}, "is a multicast address"),
+        (subjects.WORKLOAD_ATTACHED, {"mac": "00:00:00:00:00:00"}, "not a usable address"),
+        (subjects.WORKLOAD_ATTACHED, {"kind": "container"}, "data.kind: Input should be"),
+        (subjects.WORKLOAD_ATTACHED, {"name": "Ubuntu"}, "data.name"),
+        (subjects.WORKLOAD_DETACHED, {"ip": "10.0.0.9"}, "data.ip: Extra inputs are not"),
+        (subjects.WORKLOAD_DETACHED, {"mac": "0a:00:00:00:00:01"}, "data.mac: Extra inputs"),
+        (subjects.EIP_DELETED, {"externalNetworkType": "cloud"}, "data.externalNetworkType"),
+        (subjects.EIP_CREATED, {"externalNetworkType": "Pub"}, "data.externalNetworkType"),
+    ],
+)
+def test_invalid_member_specs_name_the_project_and_the_field(
+    subject: str, changes: dict[str, object], message: str
+) -> None:
+    result = decode(subject, encode(member_body(subject, **changes)))
+    assert isinstance(result, Rejected)
+    assert (result.reason, result.event_id) == ("InvalidSpec", "m-1")
+    assert (result.organization, result.name) == ("acme", "shop")
+    assert message in result.message
+
+
+@pytest.mark.parametrize("subject", subjects.MEMBER_EVENTS)
+def test_member_event_type_must_match_its_subject(subject: str) -> None:
+    body = member_body(subject)
+    body["type"] = subjects.event_type(
+        subjects.WORKLOAD_DETACHED
+        if subject != subjects.WORKLOAD_DETACHED
+        else subjects.EIP_DELETED
+    )
+    result = decode(subject, encode(body))
+    assert isinstance(result, Rejected) and result.reason == "TypeMismatch"
+    assert (result.event_id, result.organization, result.name) == ("m-1", "acme", "shop")
+    assert repr(subjects.event_type(subject)) in result.message
+
+
+def test_a_member_of_an_unnamed_project_is_an_invalid_event() -> None:
+    body = member_body(subjects.WORKLOAD_ATTACHED, project="Shop", ip="x")
+    result = decode(subjects.WORKLOAD_ATTACHED, encode(body))
+    assert isinstance(result, Rejected) and result.reason == "InvalidEvent"
+    assert (result.organization, result.name) == (None, None)
