@@ -9,6 +9,12 @@ Two lanes: keys added with ``background=True`` (the periodic resync) run only wh
 key is waiting, and at most a quarter of the workers run them at once, so a new event is
 served at once even while a restart resyncs thousands of projects. A background key added
 again normally moves to the front lane.
+
+Pacing (``pace`` > 0, off by default): a key dirtied while it ran waits ``pace`` times the
+duration of that run (at most ``max_pause``) before it runs again. A key whose run is
+expensive and grows with its size (a project with thousands of NICs, reconciled as a whole)
+then takes the events of a burst in batches, instead of re-running after every few of them
+and spending the CPU on re-runs. A key that was idle still runs at once.
 """
 
 from __future__ import annotations
@@ -31,12 +37,23 @@ class _KeyState(Generic[T]):
     waiting: list[asyncio.Future[T]] = field(default_factory=list)
     timer: asyncio.TimerHandle | None = None
     due: float = 0.0
+    resume: float = 0.0  # paced: not run again before this loop time
+    paced: bool = False  # waiting for ``resume`` (counts as queued)
 
 
 class WorkQueue(Generic[T]):
-    def __init__(self, handler: Callable[[str], Awaitable[T]], *, workers: int) -> None:
+    def __init__(
+        self,
+        handler: Callable[[str], Awaitable[T]],
+        *,
+        workers: int,
+        pace: float = 0.0,
+        max_pause: float = 1.0,
+    ) -> None:
         self._handler = handler
         self._workers = workers
+        self._pace = pace
+        self._max_pause = max_pause
         self._front: deque[str] = deque()
         self._back: deque[str] = deque()
         self._idle: set[asyncio.Future[None]] = set()  # workers waiting for something to run
@@ -60,11 +77,18 @@ class WorkQueue(Generic[T]):
                     fut.cancel()
 
     def __len__(self) -> int:
-        return sum(1 for state in self._keys.values() if state.queued)
+        return sum(1 for state in self._keys.values() if state.queued or state.paced)
 
     def add(self, key: str, *, background: bool = False) -> None:
         """Run ``key`` soon (coalesced with any pending run); ``background``: when idle."""
         state = self._keys.setdefault(key, _KeyState())
+        if not state.running and not state.queued:
+            pause = state.resume - asyncio.get_running_loop().time()
+            if pause > 0.001:  # paced: the timer adds it when the pause is over
+                if state.timer is None or state.due > state.resume:
+                    self._arm(key, state, pause)
+                state.paced = True
+                return
         if state.timer is not None:
             state.timer.cancel()
             state.timer = None
@@ -120,15 +144,20 @@ class WorkQueue(Generic[T]):
         due = loop.time() + delay
         if state.queued or (state.timer is not None and state.due <= due):
             return
+        self._arm(key, state, delay)
+
+    def _arm(self, key: str, state: _KeyState[T], delay: float) -> None:
+        loop = asyncio.get_running_loop()
         if state.timer is not None:
             state.timer.cancel()
-        state.due = due
+        state.due = loop.time() + delay
         state.timer = loop.call_later(delay, self._fire, key)
 
     def _fire(self, key: str) -> None:
         state = self._keys.get(key)
         if state is not None:
             state.timer = None
+            state.paced = False
         self.add(key)
 
     async def run_now(self, key: str) -> T:
@@ -146,6 +175,7 @@ class WorkQueue(Generic[T]):
             state.background = False
             state.running = True
             waiting, state.waiting = state.waiting, []
+            started = asyncio.get_running_loop().time()
             try:
                 result = await self._handler(key)
             except asyncio.CancelledError:  # stop(): its waiters are no longer in state
@@ -165,9 +195,10 @@ class WorkQueue(Generic[T]):
                     self._background_running -= 1
                     self._poke()
                 state.running = False
+                ended = asyncio.get_running_loop().time()
+                state.resume = ended + min(self._pace * (ended - started), self._max_pause)
                 if state.dirty or state.waiting:
                     state.dirty = False
-                    state.queued = True
-                    self._push(key, background=False)
+                    self.add(key)  # at once, or after the pause (pacing)
                 elif state.timer is None:
                     del self._keys[key]

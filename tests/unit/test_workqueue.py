@@ -331,3 +331,87 @@ async def test_background_work_leaves_most_workers_to_the_front_lane(handler: Re
         assert handler.max_concurrent == 2
     finally:
         await q.stop()
+
+
+# -- pacing -------------------------------------------------------------------------------
+
+
+class Slow(Recorder):
+    """A handler whose runs take ``seconds``; ``begun`` holds when each run began."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self.begun: list[float] = []
+
+    async def __call__(self, key: str) -> int:
+        self.begun.append(asyncio.get_running_loop().time())
+        await asyncio.sleep(self.seconds)
+        return await super().__call__(key)
+
+
+#: Runs take 0.1 s and the pace makes the pause after a disturbed run 1 s: "at once" is
+#: then told from "after the pause" with wide margins on a loaded machine.
+RUN, PACE, PAUSE = 0.1, 10.0, 1.0
+
+
+async def test_a_paced_key_dirtied_while_running_waits_and_takes_the_adds_in_one_run() -> None:
+    handler = Slow(RUN)
+    q: WorkQueue[int] = WorkQueue(handler, workers=2, pace=PACE, max_pause=5.0)
+    q.start()
+    try:
+        loop = asyncio.get_running_loop()
+        asked = loop.time()
+        q.add("a")  # idle: runs at once
+        await asyncio.sleep(RUN / 2)
+        q.add("a")  # while it runs: one more run, after the pause
+        await handler.wait_runs(1)
+        first_end = loop.time()
+        for _ in range(5):
+            q.add("a")  # during the pause: the same run
+            await asyncio.sleep(0.02)
+        assert len(q) == 1  # the paused key counts as queued
+        async with asyncio.timeout(SOON):
+            await handler.wait_runs(2)
+        await idle(q, handler)
+    finally:
+        await q.stop()
+    assert handler.runs == ["a", "a"]
+    assert handler.begun[0] - asked < PAUSE / 2  # the idle key did not wait
+    assert handler.begun[1] - first_end >= PAUSE * 0.9  # pace x the first run's duration
+
+
+async def test_the_pause_is_capped_and_other_keys_are_not_held_up() -> None:
+    handler = Slow(RUN)
+    q: WorkQueue[int] = WorkQueue(handler, workers=2, pace=1000.0, max_pause=PAUSE)
+    q.start()
+    try:
+        q.add("a")
+        await asyncio.sleep(RUN / 2)
+        q.add("a")  # paused for min(1000 x 0.1 s, 1 s)
+        await handler.wait_runs(1)
+        first_end = asyncio.get_running_loop().time()
+        q.add("b")  # another key runs at once
+        await handler.wait_runs(2)
+        assert handler.runs == ["a", "b"]
+        async with asyncio.timeout(SOON):
+            await handler.wait_runs(3)
+    finally:
+        await q.stop()
+    assert handler.runs == ["a", "b", "a"]
+    assert handler.begun[1] - first_end < PAUSE / 2
+    assert PAUSE * 0.9 <= handler.begun[2] - first_end < SOON  # capped: not 100 s
+
+
+async def test_a_key_that_ran_undisturbed_runs_at_once_next_time() -> None:
+    handler = Slow(RUN)
+    q: WorkQueue[int] = WorkQueue(handler, workers=1, pace=PACE)
+    q.start()
+    try:
+        async with asyncio.timeout(SOON):
+            await q.run_now("a")
+            asked = asyncio.get_running_loop().time()
+            await q.run_now("a")  # not dirtied while it ran: no pause
+    finally:
+        await q.stop()
+    assert handler.begun[1] - asked < PAUSE / 2
