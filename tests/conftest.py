@@ -40,11 +40,14 @@ class ServiceProcs:
         self.logdir = logdir
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, name: str) -> None:
-        log = (self.logdir / f"{name}.log").open("ab")
-        self.procs[name] = subprocess.Popen(
+    def start(self, name: str, *, instance: str | None = None) -> None:
+        """Start service ``name``; ``instance`` names one of several replicas of it: its
+        ``VPCBUS_INSTANCE``, its log file and its key for :meth:`stop`."""
+        key = instance or name
+        log = (self.logdir / f"{key}.log").open("ab")
+        self.procs[key] = subprocess.Popen(
             commands.service_argv(name, python=sys.executable),
-            env=self.env,
+            env=self.env if instance is None else {**self.env, "VPCBUS_INSTANCE": instance},
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -148,7 +151,8 @@ def pytest_runtest_makereport(
     """Attach the service processes' logs to a failed test's report."""
     report = yield
     if report.when == "call" and report.failed:
-        procs = item.funcargs.get("services") if isinstance(item, pytest.Function) else None
-        if isinstance(procs, ServiceProcs):
-            report.sections.append(("service logs", procs.logs()))
+        funcargs = item.funcargs if isinstance(item, pytest.Function) else {}
+        for procs in funcargs.values():
+            if isinstance(procs, ServiceProcs):
+                report.sections.append(("service logs", procs.logs()))
     return report

@@ -26,6 +26,7 @@ address it has not yet seen taken (Kube-OVN issue #4304).
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable
 from ipaddress import IPv4Address
@@ -36,6 +37,7 @@ from pydantic import BaseModel, ConfigDict
 
 from vpcbus_ipam.allocator import AllocationError, Slot, SpaceView
 from vpcbus_ipam.pools import Pool
+from vpcbus_runtime.kvcas import delete_if
 from vpcbus_runtime.kvmirror import mirror
 
 BIND = "bind."
@@ -64,6 +66,11 @@ class Binding(BaseModel):
     static: bool = False
 
 
+#: ``IPv4Address(text)``, memoised: bindings and keys name addresses as text, and a
+#: reconcile looks at every NIC of its project.
+ip_of = functools.lru_cache(maxsize=1 << 17)(IPv4Address)
+
+
 def address_key(space: str, ip: IPv4Address) -> str:
     return f"{space}.{ip}"
 
@@ -85,6 +92,13 @@ def split_space(rest: str) -> tuple[str, str] | None:
     return ".".join(parts[:width]), ".".join(parts[width:])
 
 
+def _satisfies(bound: Binding, static: IPv4Address | None, mac: str | None) -> bool:
+    """``bound`` is what a holder asking for ``static`` and ``mac`` should have (sticky)."""
+    if static is not None and ip_of(bound.ip) != static:
+        return False
+    return bound.mac == (mac or bound.mac) and bound.static == (static is not None)
+
+
 class AddressBook:
     def __init__(self, kv: KeyValue, *, quarantine: float = 60.0) -> None:
         self.kv = kv
@@ -98,6 +112,11 @@ class AddressBook:
         #: in one space pick different addresses instead of racing for the lowest.
         self._pending: dict[str, set[IPv4Address]] = {}
         self._task: asyncio.Task[None] | None = None
+        #: Change numbers: every binding or address applied bumps ``_changes`` and stamps
+        #: the holders it concerns, so a reconcile can tell which NICs changed since its last.
+        self._changes = 0
+        self._touched: dict[str, dict[str, int]] = {}  # space -> holder -> change number
+        self._macs: dict[str, dict[str, str]] = {}  # space -> MAC -> a holder bound with it
 
     async def start(self) -> None:
         self._task = asyncio.create_task(mirror(self.kv, self._apply, self.ready))
@@ -114,7 +133,7 @@ class AddressBook:
         gone = op in ("DEL", "PURGE") or not value
         if key.startswith(NS):
             claimed = self._claims.get(key)
-            if claimed is not None and revision and claimed[1] > revision:
+            if claimed is not None and revision and claimed[1] >= revision:
                 return
             if gone:
                 self._claims.pop(key, None)
@@ -130,22 +149,28 @@ class AddressBook:
         if binding:
             binds = self._binds.setdefault(space, {})
             current_b = binds.get(rest)
-            if current_b is not None and revision and current_b[1] > revision:
+            if current_b is not None and revision and current_b[1] >= revision:
                 return
+            macs = self._macs.setdefault(space, {})
+            if current_b is not None and macs.get(current_b[0].mac) == rest:
+                del macs[current_b[0].mac]
             if gone:
                 binds.pop(rest, None)
             else:
                 assert value is not None
-                binds[rest] = (Binding.model_validate_json(value), revision)
+                bound = Binding.model_validate_json(value)
+                binds[rest] = (bound, revision)
+                macs.setdefault(bound.mac, rest)
+            self._touch(space, rest)
             return
         try:
-            ip = IPv4Address(rest)
+            ip = ip_of(rest)
         except ValueError:
             return
         slots = self._slots.setdefault(space, {})
         current = slots.get(ip)
-        if current is not None and revision and current.revision > revision:
-            return  # the watcher lags behind a write this process did
+        if current is not None and revision and current.revision >= revision:
+            return  # the watcher lags behind (or echoes) a write this process applied
         slot = None
         if not gone:
             assert value is not None
@@ -154,9 +179,24 @@ class AddressBook:
             slots[ip] = slot
         else:
             slots.pop(ip, None)
+        for changed in {s.holder for s in (current, slot) if s is not None}:
+            self._touch(space, changed)
         view = self._views.get(space)
         if view is not None:
             view.apply(ip, slot)
+
+    def _touch(self, space: str, holder: str) -> None:
+        self._changes += 1
+        self._touched.setdefault(space, {})[holder] = self._changes
+
+    def changes(self) -> int:
+        """The current change number (see :meth:`changed_since`)."""
+        return self._changes
+
+    def changed_since(self, space: str, holder: str, change: int) -> bool:
+        """Whether the holder's binding or an address it held or holds in ``space`` was
+        applied after change number ``change``."""
+        return self._touched.get(space, {}).get(holder, 0) > change
 
     def view(self, space: Pool) -> SpaceView:
         """The allocation view of ``space``, (re)built when its definition changed."""
@@ -171,7 +211,10 @@ class AddressBook:
     # -- queries -------------------------------------------------------------------------
 
     def spaces(self) -> list[str]:
-        return sorted(set(self._slots) | set(self._binds))
+        """Spaces with at least one key (a dropped one stays empty in the mirror)."""
+        return sorted(
+            {s for s, v in self._slots.items() if v} | {s for s, v in self._binds.items() if v}
+        )
 
     def binding(self, space: str, holder: str) -> Binding | None:
         found = self._binds.get(space, {}).get(holder)
@@ -179,6 +222,10 @@ class AddressBook:
 
     def bindings(self, space: str) -> dict[str, Binding]:
         return {h: b for h, (b, _) in self._binds.get(space, {}).items()}
+
+    def mac_user(self, space: str, mac: str) -> str | None:
+        """A holder bound with ``mac`` in ``space`` (a MAC should have one)."""
+        return self._macs.get(space, {}).get(mac)
 
     def held(self, space: str) -> dict[str, IPv4Address]:
         """holder -> address, for every address held in ``space`` (bound or not)."""
@@ -191,7 +238,7 @@ class AddressBook:
         out = []
         for ip, slot in self._slots.get(space, {}).items():
             bound = binds.get(slot.holder)
-            if slot.held and bound is not None and bound[0].ip != str(ip):
+            if slot.held and bound is not None and ip_of(bound[0].ip) != ip:
                 out.append((slot.holder, ip, slot))
         return out
 
@@ -208,6 +255,20 @@ class AddressBook:
 
     def claims(self) -> dict[str, str]:
         return {k: v for k, (v, _) in self._claims.items()}
+
+    def current(
+        self, view: SpaceView, holder: str, *, static: IPv4Address | None, mac: str | None
+    ) -> Binding | None:
+        """The binding :meth:`ensure` would return at once, without I/O: bound, held by the
+        holder, and already what it asks for. None: call :meth:`ensure`."""
+        found = self._binds.get(view.space.prefix, {}).get(holder)
+        if found is None:
+            return None
+        bound = found[0]
+        slot = view.slots.get(ip_of(bound.ip))
+        if slot is None or not slot.held or slot.holder != holder:
+            return None
+        return bound if _satisfies(bound, static, mac) else None
 
     # -- allocation ----------------------------------------------------------------------
 
@@ -231,20 +292,17 @@ class AddressBook:
             found = self._binds.get(space.prefix, {}).get(holder)
             if found is not None:
                 bound, revision = found
-                slot = view.slots.get(IPv4Address(bound.ip))
+                slot = view.slots.get(ip_of(bound.ip))
                 if slot is None or not slot.held or slot.holder != holder:
                     # Our mirror may lag behind the replica that wrote this binding: ask the
                     # store before calling it stale, or we would drop a valid allocation.
-                    await self._refresh(address_key(space.prefix, IPv4Address(bound.ip)))
-                    slot = view.slots.get(IPv4Address(bound.ip))
+                    await self._refresh(address_key(space.prefix, ip_of(bound.ip)))
+                    slot = view.slots.get(ip_of(bound.ip))
                 if slot is None or not slot.held or slot.holder != holder:
                     await self._drop_binding(space.prefix, holder, revision)  # stale
                     continue
-                wanted_mac = mac or bound.mac
-                if (static is None or IPv4Address(bound.ip) == static) and (
-                    bound.mac == wanted_mac and bound.static == (static is not None)
-                ):
-                    return bound
+                if _satisfies(bound, static, mac) and ip_of(bound.ip) in space.network:
+                    return bound  # (outside: cidrBlock changed; the NIC moves to the new one)
             now = time.time()
             pending = self._pending.setdefault(space.prefix, set())
             ip = view.choose(
@@ -253,6 +311,9 @@ class AddressBook:
             pending.add(ip)
             try:
                 claimed = await self._claim_address(view, ip, holder, now)
+            except BaseException:
+                view.reconsider(ip)  # not taken after all: a concurrent scan skipped it
+                raise
             finally:
                 pending.discard(ip)
             if not claimed:
@@ -260,13 +321,22 @@ class AddressBook:
                     view.check_static(ip, holder, time.time(), self.quarantine)
                 lost.add(ip)
                 continue
-            want = Binding(ip=str(ip), mac=mac or default_mac(ip), static=static is not None)
+            kept_mac = found[0].mac if found is not None else ""  # a NIC keeps its MAC
+            want = Binding(
+                ip=str(ip), mac=mac or kept_mac or default_mac(ip), static=static is not None
+            )
             if found is not None and found[0] == want:
                 return want
             if not await self._write_binding(space.prefix, holder, want, found):
-                if found is None or IPv4Address(found[0].ip) != ip:
+                # Another replica bound the holder: adopt what it did. Give our claim back
+                # only if the winner did not bind that very address (it may have adopted our
+                # claim, or we adopted its): freeing it would leave its binding dangling.
+                winner = self._binds.get(space.prefix, {}).get(holder)
+                if (found is None or IPv4Address(found[0].ip) != ip) and (
+                    winner is None or winner[0].ip != str(ip)
+                ):
                     await self._give_back(view, ip, holder)
-                continue  # another replica bound the holder: adopt what it did
+                continue
             if found is not None and IPv4Address(found[0].ip) != ip:
                 await self._release_address(view, IPv4Address(found[0].ip), holder)
             return want
@@ -294,7 +364,9 @@ class AddressBook:
             self._apply(key, None, 0, "PURGE")
         self._slots.pop(space, None)
         self._binds.pop(space, None)
-        self._views.pop(space, None)
+        self._views.pop(space, None)  # a new view: what was known of the old one is void
+        self._touched.pop(space, None)
+        self._macs.pop(space, None)
         return len(keys)
 
     async def expire(self, space: Pool, keep: Callable[[str], bool]) -> list[str]:
@@ -309,9 +381,7 @@ class AddressBook:
             if slot.held or now - slot.at < self.quarantine or keep(slot.holder):
                 continue
             key = address_key(space.prefix, ip)
-            try:
-                await self.kv.delete(key, last=slot.revision)
-            except KeyWrongLastSequenceError:
+            if not await delete_if(self.kv, key, slot.revision):
                 await self._refresh(key)
                 continue
             await self.kv.purge(key)
@@ -380,9 +450,7 @@ class AddressBook:
 
     async def _drop_binding(self, space: str, holder: str, revision: int) -> None:
         key = binding_key(space, holder)
-        try:
-            await self.kv.delete(key, last=revision)
-        except KeyWrongLastSequenceError:
+        if not await delete_if(self.kv, key, revision):
             await self._refresh(key)
             return
         self._apply(key, None, 0, "DEL")
@@ -416,9 +484,7 @@ class AddressBook:
         current = self._claims.get(key)
         if current is None or current[0] != holder:
             return
-        try:
-            await self.kv.delete(key, last=current[1])
-        except KeyWrongLastSequenceError:
+        if not await delete_if(self.kv, key, current[1]):
             return
         await self.kv.purge(key)
         self._apply(key, None, 0, "PURGE")

@@ -82,6 +82,10 @@ class SpaceView:
             self._last[slot.holder] = ip
             self._freed(ip)
 
+    def reconsider(self, ip: IPv4Address) -> None:
+        """``ip`` was passed in ``skip`` to a scan but its claim failed: it may be free."""
+        self._freed(ip)
+
     def _freed(self, ip: IPv4Address) -> None:
         offset = self.space.offset(ip)
         if 0 <= offset < self._hint:
@@ -123,11 +127,16 @@ class SpaceView:
         if static is not None:
             self.check_static(static, holder, now, quarantine)
             return static
-        if held is not None:
-            return held
+        if held is not None and held in self.space.network:
+            return held  # (outside: the project's cidrBlock changed; it moves, see the book)
         avoid = set(skip)
         last = self._last.get(holder)
-        if last is not None and last not in avoid and self.usable_by(last, holder, now, 0.0):
+        if (
+            last is not None
+            and last not in avoid
+            and not self.space.reserved(last)  # excluded since it was released
+            and self.usable_by(last, holder, now, 0.0)
+        ):
             return last
         first_unheld: int | None = None
         for ip in self.space.candidates(self._hint):
@@ -165,14 +174,25 @@ class SpaceView:
     def counts(self, now: float, quarantine: float) -> Counts:
         capacity = self.space.capacity()
         in_use = quarantined = 0
+        skip = self._reserved_recorded()  # excluded after it was handed out: counted as reserved
         for ip, slot in self.slots.items():
-            if self.space.reserved(ip):
-                continue  # excluded after it was handed out: counted as reserved
+            if skip and ip in skip:
+                continue
             if slot.held:
                 in_use += 1
             elif now - slot.at < quarantine:
                 quarantined += 1
         return Counts(capacity, in_use, quarantined, max(capacity - in_use - quarantined, 0))
+
+    def _reserved_recorded(self) -> set[IPv4Address]:
+        """Recorded addresses that are reserved now. Without exclude ranges only the
+        network, broadcast and gateway addresses can be: three lookups, not a scan."""
+        space = self.space
+        if space.exclude:
+            return {ip for ip in self.slots if space.reserved(ip)}
+        net = space.network
+        special = (net.network_address, net.broadcast_address, space.gateway)
+        return {ip for ip in special if ip in self.slots}
 
     def ranges(self, now: float, quarantine: float) -> tuple[list[str], list[str]]:
         """In-use and available addresses as ``a-b`` ranges (for ``vpcbus get subnet``).
@@ -180,15 +200,15 @@ class SpaceView:
         Interval arithmetic over the recorded slots and the reserved ranges, not a scan of
         the space: a /16 with a few addresses in use costs a few comparisons.
         """
-        held = sorted(ip for ip, s in self.slots.items() if s.held)
+        held = sorted(int(ip) for ip, s in self.slots.items() if s.held)  # ints sort fast
         busy = [
             (int(ip), int(ip)) for ip, s in self.slots.items() if s.held or now - s.at < quarantine
         ]
         free = [
-            f"{IPv4Address(a)}" if a == b else f"{IPv4Address(a)}-{IPv4Address(b)}"
+            _span(a, b)
             for a, b in gaps(self.space.host_range(), busy + self.space.reserved_ranges())
         ]
-        return collapse(held), free
+        return [_span(a, b) for a, b in _runs(held)], free
 
 
 def gaps(whole: tuple[int, int], taken: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -210,16 +230,20 @@ def gaps(whole: tuple[int, int], taken: Iterable[tuple[int, int]]) -> list[tuple
 
 def collapse(ips: Iterable[IPv4Address]) -> list[str]:
     """Sorted addresses as ``first-last`` runs (a single address stays as it is)."""
-    out: list[str] = []
-    for first, last in _runs(ips):
-        out.append(str(first) if first == last else f"{first}-{last}")
-    return out
+    return [_span(first, last) for first, last in _runs(int(ip) for ip in ips)]
 
 
-def _runs(ips: Iterable[IPv4Address]) -> Iterator[tuple[IPv4Address, IPv4Address]]:
+def _span(first: int, last: int) -> str:
+    if first == last:
+        return str(IPv4Address(first))
+    return f"{IPv4Address(first)}-{IPv4Address(last)}"
+
+
+def _runs(ips: Iterable[int]) -> Iterator[tuple[int, int]]:
+    """Sorted integers as maximal runs of consecutive values."""
     first = last = None
     for ip in ips:
-        if last is not None and int(ip) == int(last) + 1:
+        if last is not None and ip == last + 1:
             last = ip
             continue
         if first is not None and last is not None:

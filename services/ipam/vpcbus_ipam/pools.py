@@ -73,13 +73,22 @@ class Pool:
             (int(r.first), int(r.last)) for r in self.exclude
         ]
 
+    @cached_property
+    def _bounds(self) -> tuple[int, int, int, tuple[tuple[int, int], ...]]:
+        """Network, broadcast, gateway and excludes as integers (reserved() is called for
+        every recorded address of a space on each accounting pass)."""
+        net = self.network
+        excludes = tuple((int(r.first), int(r.last)) for r in self.exclude)
+        return int(net.network_address), int(net.broadcast_address), int(self.gateway), excludes
+
     def reserved(self, ip: IPv4Address) -> bool:
         """Never handed out: outside, network, broadcast, gateway or excluded."""
-        net = self.network
+        n = int(ip)
+        first, last, gateway, excludes = self._bounds
         return (
-            ip not in net
-            or ip in (net.network_address, net.broadcast_address, self.gateway)
-            or any(ip in r for r in self.exclude)
+            not first <= n <= last
+            or n in (first, last, gateway)
+            or any(a <= n <= b for a, b in excludes)
         )
 
     def candidates(self, start: int = 0) -> Iterator[IPv4Address]:

@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import time
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
 
 import structlog
 
-from vpcbus_ipam.addresses import AddressBook, Binding, namespace_key
-from vpcbus_ipam.allocator import AllocationError
+from vpcbus_ipam.addresses import AddressBook, Binding, ip_of, namespace_key
+from vpcbus_ipam.allocator import AllocationError, SpaceView
 from vpcbus_ipam.pools import Pool, overlapping_pool, project_subnet
 from vpcbus_proto import names
 from vpcbus_proto.members import EipSpec, WorkloadSpec, parse_member
@@ -43,6 +43,8 @@ GATEWAY_EIP = "default-gw"
 #: An address held by a holder that no member record names is freed only after this long:
 #: the record may be in flight from another replica.
 SWEEP_GRACE = 60.0
+#: The sweep runs when a member went away, and otherwise at most this often per project.
+SWEEP_EVERY = 10.0
 #: Allocations of one reconcile run concurrently in chunks of this size.
 PIPELINE = 128
 #: A project whose EIP waits for a free address is retried this often.
@@ -75,6 +77,31 @@ def workload_mac(namespace: str, holder: str) -> str:
     return "0e:" + ":".join(f"{b:02x}" for b in digest[:5])
 
 
+class _Macs:
+    """MAC -> holder in one subnet during one reconcile: what the address book has bound,
+    overlaid with what this run gave or promised."""
+
+    def __init__(self, book: AddressBook, space: str) -> None:
+        self._book, self._space = book, space
+        self._taken: dict[str, str] = {}
+
+    def take(self, mac: str, holder: str) -> str:
+        """Record ``mac`` for ``holder`` unless another holder has it; returns who has it."""
+        user = self._taken.get(mac) or self._book.mac_user(self._space, mac) or holder
+        self._taken[mac] = user
+        return user
+
+
+def unused_mac(namespace: str, holder: str, macs: _Macs) -> str:
+    """The holder's default MAC, or, when another NIC of the subnet uses it (a MAC requested
+    to equal it, say), the first derived one that none uses."""
+    mac, salt = workload_mac(namespace, holder), 0
+    while macs.take(mac, holder) != holder:
+        salt += 1
+        mac = workload_mac(namespace, f"{holder}#{salt}")
+    return mac
+
+
 @dataclass
 class _Members:
     """What one reconcile learns about a project's members."""
@@ -94,15 +121,78 @@ class _Members:
         )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class _Allocated:
+    """A NIC's Ready outcome, kept between reconciles and rebuilt only when its record or
+    its binding changed: a project is reconciled once per batch of events, and it may have
+    thousands of NICs that are already addressed."""
+
+    rec: MemberRecord
+    bound: Binding
+    workload: WorkloadAddress
+    state: MemberStatus
+
+    def add_to(self, out: _Members) -> None:
+        out.workloads.append(self.workload)
+        out.states.append(self.state)
+
+
+@dataclass
+class _Memo:
+    """What the last reconcile of a project found, so the next one skips what did not
+    change: NICs whose record and addresses are the same, and the sweep when no member
+    went away (a burst of attachments reconciles a big project many times)."""
+
+    view: SpaceView  # the subnet's view: a new one voids the memo
+    change: int = -1  # the address book's change number when that reconcile started
+    nics: dict[str, _Allocated] = field(default_factory=dict)  # holder -> Ready NIC
+    swept_at: float = -math.inf
+    swept_wanted: frozenset[str] = frozenset()
+    swept_tombstones: frozenset[str] = frozenset()
+    sweep_at: float = math.inf  # when an address the last sweep spared may go
+
+    def sweep_due(self, wanted: set[str], tombstones: frozenset[str]) -> bool:
+        """A member went away since the last sweep, the grace time of an address it spared
+        is over, or it is ``SWEEP_EVERY`` old (it finds new orphans)."""
+        now = time.time()
+        return (
+            now - self.swept_at >= SWEEP_EVERY
+            or now >= self.sweep_at
+            or not self.swept_wanted <= wanted
+            or self.swept_tombstones != tombstones
+        )
+
+    def swept(self, wanted: frozenset[str], tombstones: frozenset[str], due: float) -> None:
+        self.swept_at, self.sweep_at = time.time(), due
+        self.swept_wanted, self.swept_tombstones = wanted, tombstones
+
+
+def _allocated(
+    before: _Allocated | None, rec: MemberRecord, nic: WorkloadSpec, bound: Binding
+) -> _Allocated:
+    if before is not None and before.rec is rec and before.bound is bound:
+        return before
+    state = MemberStatus(
+        member=rec.member, generation=rec.generation, state="Ready", reason="Allocated",
+        message=f"{bound.ip} {bound.mac}",
+    )  # fmt: skip
+    return _Allocated(rec, bound, _workload(rec, nic, bound), state)
+
+
 class IpamReconciler:
     watches: Sequence[ServiceName] = ("vpc",)
     purge_after: Sequence[ServiceName] = ()
     consumes: Sequence[EventFamily] = ("project", "workload", "eip")
+    #: A project is reconciled as a whole, so a run costs time in proportion to its NICs:
+    #: under a burst, wait as long as the last run took before running it again, and take
+    #: the events that came meanwhile in one batch (the work queue's pacing).
+    pace: float = 1.0
 
     def __init__(self, book: AddressBook, policy: Policy) -> None:
         self.book = book
         self.policy = policy
         self.background: list[asyncio.Task[None]] = []
+        self._memos: dict[str, _Memo] = {}  # by project key
 
     def close(self) -> None:
         for task in self.background:
@@ -127,6 +217,7 @@ class IpamReconciler:
     async def reconcile(self, ctx: Context) -> Result:
         record = ctx.record
         if record is None or record.spec is None:
+            self._memos.pop(ctx.key, None)
             result = await self._teardown(ctx)
             return self._orphan_members(ctx, result)
         return await self._admit(ctx, record.spec)
@@ -236,9 +327,22 @@ class IpamReconciler:
         live = {m: r for m, r in ctx.members.items() if not r.deleted}
         nics = {r.workload.holder: r for r in live.values() if r.workload is not None}
         eips = {r.eip.name: r for r in live.values() if r.eip is not None}
-        macs = {b.mac: h for h, b in self.book.bindings(subnet.prefix).items()}
+        #: MACs given or promised in this run, beside the bound ones the book knows: a NIC's
+        #: requested MAC must not take the default MAC of a NIC about to be addressed.
+        macs = _Macs(self.book, subnet.prefix)
+        if any(r.workload is not None and r.workload.mac is not None for r in nics.values()):
+            for h, r in nics.items():
+                unbound = self.book.binding(subnet.prefix, h) is None
+                if r.workload is not None and r.workload.mac is None and unbound:
+                    macs.take(workload_mac(ns, h), h)
         names_taken: dict[tuple[str, str], str] = {}
         jobs: list[Awaitable[None]] = []
+        view = self.book.view(subnet)
+        change = self.book.changes()
+        memo = self._memos.get(ctx.key)
+        if memo is None or memo.view is not view:
+            memo = self._memos[ctx.key] = _Memo(view)
+        before, kept = memo.nics, {}
         for holder, rec in sorted(nics.items()):
             assert rec.workload is not None
             nic = rec.workload
@@ -247,42 +351,72 @@ class IpamReconciler:
                 out.state(rec, "Error", "NameConflict",
                           f"{holder}: {other} has the same name and interface in {ns}")  # fmt: skip
                 continue
-            if nic.mac is not None and macs.setdefault(nic.mac, holder) != holder:
-                out.state(rec, "Error", "MACConflict",
-                          f"mac {nic.mac} is already used by {macs[nic.mac]}")  # fmt: skip
-                self._keep(out, subnet, rec, nic)
+            if nic.mac is not None:
+                user = macs.take(nic.mac, holder)
+                if user != holder:
+                    out.state(rec, "Error", "MACConflict",
+                              f"mac {nic.mac} is already used by {user}")  # fmt: skip
+                    self._keep(out, subnet, rec, nic)
+                    continue
+            known = before.get(holder)
+            if (
+                known is not None
+                and known.rec is rec
+                and not self.book.changed_since(subnet.prefix, holder, memo.change)
+            ):
+                kept[holder] = known  # the same record, and nothing of its addresses moved
+                known.add_to(out)
                 continue
-            jobs.append(self._nic(out, ns, subnet, rec, nic))
+            static = ip_of(nic.ip) if nic.ip is not None else None
+            bound = self.book.current(view, holder, static=static, mac=nic.mac)
+            if bound is not None:  # addressed already: no I/O, and the same objects as before
+                kept[holder] = _allocated(known, rec, nic, bound)
+                kept[holder].add_to(out)
+                continue
+            jobs.append(self._nic(out, ns, subnet, rec, nic, macs))
         for _name, rec in sorted(eips.items()):
             assert rec.eip is not None
             jobs.append(self._eip(out, ctx.key, rec, rec.eip))
         for i in range(0, len(jobs), PIPELINE):
             await asyncio.gather(*jobs[i : i + PIPELINE])
-        for rec in ctx.members.values():
+        memo.nics, memo.change = kept, change
+        tombstones = []
+        for member, rec in ctx.members.items():
             if rec.deleted:
                 out.state(rec, "Deleted", "Released")
-        await self._sweep(out, ctx, subnet, set(nics), {eip_holder(ctx.key, n) for n in eips})
-        out.workloads.sort(key=lambda w: IPv4Address(w.ip_address))
+                tombstones.append(member)
+        eip_holders = {eip_holder(ctx.key, n) for n in eips}
+        gone = frozenset(tombstones)
+        if memo.sweep_due(set(nics) | eip_holders, gone):
+            due = await self._sweep(out, ctx, subnet, set(nics), eip_holders)
+            memo.swept(frozenset(nics) | eip_holders, gone, due)
+        out.workloads.sort(key=lambda w: int(ip_of(w.ip_address)))
         out.eips.sort(key=lambda e: e.name)
         out.states.sort(key=lambda m: m.member)  # a stable status: republished on change only
         return out
 
     async def _nic(
-        self, out: _Members, ns: str, subnet: Pool, rec: MemberRecord, nic: WorkloadSpec
+        self,
+        out: _Members,
+        ns: str,
+        subnet: Pool,
+        rec: MemberRecord,
+        nic: WorkloadSpec,
+        macs: _Macs,
     ) -> None:
         holder = nic.holder
-        static = IPv4Address(nic.ip) if nic.ip is not None else None
+        static = ip_of(nic.ip) if nic.ip is not None else None
         try:
             bound = await self.book.ensure(
                 subnet, holder, static=static, mac=nic.mac,
-                default_mac=lambda _ip: workload_mac(ns, holder),
+                default_mac=lambda _ip: unused_mac(ns, holder, macs),
             )  # fmt: skip
         except AllocationError as exc:
             out.state(rec, "Error", exc.reason, f"{holder}: {exc.message}")
             self._keep(out, subnet, rec, nic)  # a refused change keeps the address it had
+            out.retry = out.retry or exc.reason == "NoAvailableIPs"  # addressed once one frees
             return
-        out.workloads.append(_workload(rec, nic, bound))
-        out.state(rec, "Ready", "Allocated", f"{bound.ip} {bound.mac}")
+        _allocated(None, rec, nic, bound).add_to(out)
 
     def _keep(self, out: _Members, subnet: Pool, rec: MemberRecord, nic: WorkloadSpec) -> None:
         bound = self.book.binding(subnet.prefix, nic.holder)
@@ -316,28 +450,33 @@ class IpamReconciler:
                     ready=False, ownership_type="Released", reason=exc.reason,
                 )
             )  # fmt: skip
-            out.retry = exc.reason == "NoAvailableIPs"  # ready by itself once one frees up
+            out.retry = out.retry or exc.reason == "NoAvailableIPs"  # ready once one frees up
             return
         out.eips.append(_external(spec.name, bound, pool, ownership="Released", owners=[]))
         out.state(rec, "Ready", "Allocated", f"{bound.ip} on {pool.name}")
 
     async def _sweep(
         self, out: _Members, ctx: Context, subnet: Pool, nics: set[str], eips: set[str]
-    ) -> None:
-        """Free addresses whose holder is gone: detached NICs, deleted EIPs, orphans."""
+    ) -> float:
+        """Free addresses whose holder is gone: detached NICs, deleted EIPs, orphans.
+
+        Returns when the grace time of the first address it spared ends (inf: none)."""
+        due = math.inf
         tombstoned = {member_holder(ctx.key, m) for m, r in ctx.members.items() if r.deleted}
         now = time.time()
         spaces: list[tuple[Pool, set[str]]] = [(subnet, nics)]
         prefix = f"project/{ctx.key}/eip/"
         spaces += [(pool, eips) for pool in self.policy.pools.values()]
         for space, wanted in spaces:
+            slots = self.book.slots(space.prefix)
             for holder, ip in self.book.held(space.prefix).items():
                 if space.kind == "pool" and not holder.startswith(prefix):
                     continue
                 if holder in wanted:
                     continue
-                slot = self.book.slots(space.prefix).get(ip)
+                slot = slots.get(ip)
                 if holder not in tombstoned and slot is not None and now - slot.at < SWEEP_GRACE:
+                    due = min(due, slot.at + SWEEP_GRACE)
                     continue  # maybe a member another replica just recorded
                 await self.book.release(space, holder)
                 if holder not in tombstoned:
@@ -347,9 +486,12 @@ class IpamReconciler:
                 if mine and now - slot.at >= SWEEP_GRACE:  # else maybe a claim in flight
                     await self.book.release_stray(space, holder, ip)
                     out.swept.append(f"{holder}={ip}")
+                elif mine:
+                    due = min(due, slot.at + SWEEP_GRACE)
             for holder in set(self.book.bindings(space.prefix)) - set(self.book.held(space.prefix)):
                 if holder not in wanted and (space.kind == "subnet" or holder.startswith(prefix)):
                     await self.book.release(space, holder)  # a binding left by a crash
+        return due
 
     def _orphan_members(self, ctx: Context, result: Result) -> Result:
         """Members of a project that does not exist yet wait for it; those of a deleted
