@@ -111,7 +111,12 @@ class Controller:
         self._failures: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
-        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        #: Events handled at once (and the consumers' max_ack_pending): optional ``in_flight``
+        #: of the reconciler. Each waits for a run of its project, so a reconciler that takes
+        #: a burst in batches (``pace``) needs many in flight to fill them; keep it below what
+        #: the service handles within the 30 s ack wait.
+        self.in_flight = int(getattr(reconciler, "in_flight", MAX_IN_FLIGHT))
+        self._slots = asyncio.Semaphore(self.in_flight)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -145,7 +150,7 @@ class Controller:
             deliver_policy=api.DeliverPolicy.ALL,
             ack_wait=30.0,
             max_deliver=-1,  # dead-lettering is ours: see _on_event
-            max_ack_pending=MAX_IN_FLIGHT,
+            max_ack_pending=self.in_flight,
             filter_subjects=filters,
         )
         await self.js.add_consumer(stream, config)

@@ -10,11 +10,11 @@ key is waiting, and at most a quarter of the workers run them at once, so a new 
 served at once even while a restart resyncs thousands of projects. A background key added
 again normally moves to the front lane.
 
-Pacing (``pace`` > 0, off by default): a key dirtied while it ran waits ``pace`` times the
-duration of that run (at most ``max_pause``) before it runs again. A key whose run is
+Pacing (``pace`` > 0, off by default): a key added within ``pace`` times the duration of its
+last run (at most ``max_pause``) after that run ended waits until then. A key whose run is
 expensive and grows with its size (a project with thousands of NICs, reconciled as a whole)
 then takes the events of a burst in batches, instead of re-running after every few of them
-and spending the CPU on re-runs. A key that was idle still runs at once.
+and spending the CPU on re-runs. A key that was idle for longer still runs at once.
 """
 
 from __future__ import annotations
@@ -54,6 +54,9 @@ class WorkQueue(Generic[T]):
         self._workers = workers
         self._pace = pace
         self._max_pause = max_pause
+        #: Paced keys that finished and left ``_keys``: when they may run again.
+        self._resume: dict[str, float] = {}
+        self._resume_pruned = 512
         self._front: deque[str] = deque()
         self._back: deque[str] = deque()
         self._idle: set[asyncio.Future[None]] = set()  # workers waiting for something to run
@@ -81,7 +84,7 @@ class WorkQueue(Generic[T]):
 
     def add(self, key: str, *, background: bool = False) -> None:
         """Run ``key`` soon (coalesced with any pending run); ``background``: when idle."""
-        state = self._keys.setdefault(key, _KeyState())
+        state = self._state(key)
         if not state.running and not state.queued:
             pause = state.resume - asyncio.get_running_loop().time()
             if pause > 0.001:  # paced: the timer adds it when the pause is over
@@ -140,11 +143,24 @@ class WorkQueue(Generic[T]):
     def add_after(self, key: str, delay: float) -> None:
         """Run ``key`` after ``delay`` seconds unless something runs it sooner."""
         loop = asyncio.get_running_loop()
-        state = self._keys.setdefault(key, _KeyState())
+        state = self._state(key)
         due = loop.time() + delay
         if state.queued or (state.timer is not None and state.due <= due):
             return
         self._arm(key, state, delay)
+
+    def _state(self, key: str) -> _KeyState[T]:
+        state = self._keys.get(key)
+        if state is None:
+            state = self._keys[key] = _KeyState(resume=self._resume.pop(key, 0.0))
+        return state
+
+    def _remember_resume(self, key: str, resume: float, now: float) -> None:
+        """Keep a finished key's pause beyond its state (pruned of past ones as it grows)."""
+        self._resume[key] = resume
+        if len(self._resume) > 2 * self._resume_pruned:
+            self._resume = {k: t for k, t in self._resume.items() if t > now}
+            self._resume_pruned = max(len(self._resume), 512)
 
     def _arm(self, key: str, state: _KeyState[T], delay: float) -> None:
         loop = asyncio.get_running_loop()
@@ -163,7 +179,7 @@ class WorkQueue(Generic[T]):
     async def run_now(self, key: str) -> T:
         """Enqueue ``key`` and wait for the outcome of a run that starts after this call."""
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._keys.setdefault(key, _KeyState()).waiting.append(fut)
+        self._state(key).waiting.append(fut)
         self.add(key)
         return await fut
 
@@ -202,3 +218,5 @@ class WorkQueue(Generic[T]):
                     self.add(key)  # at once, or after the pause (pacing)
                 elif state.timer is None:
                     del self._keys[key]
+                    if state.resume > ended + 0.001:
+                        self._remember_resume(key, state.resume, ended)

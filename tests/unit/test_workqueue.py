@@ -403,15 +403,36 @@ async def test_the_pause_is_capped_and_other_keys_are_not_held_up() -> None:
     assert PAUSE * 0.9 <= handler.begun[2] - first_end < SOON  # capped: not 100 s
 
 
-async def test_a_key_that_ran_undisturbed_runs_at_once_next_time() -> None:
+async def test_a_key_added_again_right_after_its_run_waits_and_one_idle_longer_does_not() -> None:
     handler = Slow(RUN)
     q: WorkQueue[int] = WorkQueue(handler, workers=1, pace=PACE)
     q.start()
+    loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(SOON):
             await q.run_now("a")
-            asked = asyncio.get_running_loop().time()
-            await q.run_now("a")  # not dirtied while it ran: no pause
+            soon_after = loop.time()
+            await q.run_now("a")  # within its pause: waits for it
+            await asyncio.sleep(PAUSE * 1.1)  # idle for longer than the pause
+            later = loop.time()
+            await q.run_now("a")
     finally:
         await q.stop()
-    assert handler.begun[1] - asked < PAUSE / 2
+    assert handler.begun[1] - soon_after >= PAUSE * 0.8
+    assert handler.begun[2] - later < PAUSE / 2
+
+
+async def test_the_remembered_pauses_of_finished_keys_are_pruned() -> None:
+    handler = Slow(0.001)
+    q: WorkQueue[int] = WorkQueue(handler, workers=4, pace=50.0, max_pause=0.05)
+    q.start()
+    remembered = []
+    try:
+        async with asyncio.timeout(SOON * 4):
+            for chunk in range(30):
+                await asyncio.gather(*(q.run_now(f"k{chunk}.{i}") for i in range(100)))
+                remembered.append(len(q._resume))
+    finally:
+        await q.stop()
+    assert max(remembered) > 100  # finished keys' pauses are remembered ...
+    assert max(remembered) <= 1024 + 100  # ... but not one entry for every key ever run
