@@ -4,7 +4,7 @@ It sets up (a no-op here: the venv is the one running this test), starts the emb
 with ``vpcbus up`` in a private home, walks the user flow of the README (create two projects
 with the same CIDR, list, get eip, trace, a rejected bad CIDR, delete) and stops the stack.
 As root the stack includes the chassis and the stand-in upstream, so the trace must show the
-SNAT to the project's EIP.
+SNAT to the project's EIP, and two VMs created with ``vpcbus vm create`` ping each other.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ def test_demo_script_runs_the_readme_flow(tmp_path: Path) -> None:
         "VPCBUS_HOME": str(tmp_path / "home"),
         "VPCBUS_NATS_PORT": str(_free_port()),
         "VPCBUS_DEMO_DOWN": "1",
+        "VPCBUS_CHASSIS_PREFIX": f"vd{os.getpid() % 10000}",  # apart from other chassis
         "VPCBUS_VENV": sys.prefix,
     }
     env.pop("NATS_URL", None)
@@ -57,6 +58,10 @@ def test_demo_script_runs_the_readme_flow(tmp_path: Path) -> None:
     assert "is not a valid IPv4 CIDR" in done.stderr
     if os.geteuid() == 0:
         assert f"delivered: output to ext-cloud-localnet; source NAT to {eip[1]}" in out
+        assert re.search(r"vm ubuntu created in demo-org/web: 10\.0\.0\.\d+/24", out), out
+        assert "vm db created in demo-org/web: 10.0.0.20/24" in out
+        assert re.search(r"2 packets transmitted, 2 received", out), out
+        assert "vm ubuntu deleted from demo-org/web" in out
     assert "project other-org/web deleted" in out
     assert out.rstrip().endswith("vpcbus stopped")
     assert not (tmp_path / "home" / "stack.json").exists()
