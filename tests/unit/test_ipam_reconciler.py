@@ -337,6 +337,22 @@ async def test_an_eip_waits_for_an_address_and_gets_one_when_it_frees_up(
     assert ready.addresses is not None and ready.addresses.eip("e4") is not None
 
 
+async def test_a_static_request_for_a_quarantined_address_is_granted_when_it_ends(
+    ipam: IpamReconciler, clock: Clock
+) -> None:
+    await ipam.reconcile(ctx(record(), [nic("a")]))  # 10.0.0.2
+    await ipam.reconcile(ctx(record(), [removed(nic("a"))]))  # released: quarantined
+    members = [removed(nic("a")), nic("b", ip="10.0.0.2")]
+    early = await ipam.reconcile(ctx(record(), members))
+    assert states(early)["workload.vm.b.default"] == ("Error", "IPQuarantined")
+    assert early.requeue_after == RETRY_EXHAUSTED  # tried again without a new event
+    clock.advance(60)
+    granted = await ipam.reconcile(ctx(record(), members))
+    assert states(granted)["workload.vm.b.default"] == ("Ready", "Allocated")
+    assert nics(granted) == {"workload.vm.b.default": "10.0.0.2"}
+    assert granted.requeue_after is None
+
+
 # -- the sweep --------------------------------------------------------------------------------
 
 

@@ -419,7 +419,9 @@ class IpamReconciler:
         except AllocationError as exc:
             out.state(rec, "Error", exc.reason, f"{holder}: {exc.message}")
             self._keep(out, subnet, rec, nic)  # a refused change keeps the address it had
-            out.retry = out.retry or exc.reason == "NoAvailableIPs"  # addressed once one frees
+            # Addressed by itself once an address frees up, or the asked-for one's quarantine
+            # ends (a NIC that comes back right after its address was given up, say).
+            out.retry = out.retry or exc.reason in ("NoAvailableIPs", "IPQuarantined")
             return
         _allocated(None, rec, nic, bound).add_to(out)
 
