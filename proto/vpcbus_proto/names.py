@@ -32,6 +32,24 @@ def namespace(organization: str, project: str) -> str:
     return f"{organization}-{project}"
 
 
+#: Names of the external networks' shared switches (``ext-cloud``) and of their ports
+#: (``ext-cloud-<namespace>``) start with this; a backing namespace may not, or a project's
+#: LAN switch port ``<ns>-default-<ns>`` could take another project's external port name
+#: (org ``ext``, project ``cloud-x`` against org ``x``, project ``default-ext-cloud-x``).
+EXTERNAL_PREFIX = "ext-"
+
+
+def external_switch(network: str) -> str:
+    """The shared switch of an external network: ``ext-<network>``, as Kube-OVN names it."""
+    return f"{EXTERNAL_PREFIX}{network}"
+
+
+def reserved_namespace(namespace: str) -> bool:
+    """A backing namespace that cannot be used: it would share names with the external
+    networks' switch ports (see :data:`EXTERNAL_PREFIX`)."""
+    return namespace.startswith(EXTERNAL_PREFIX)
+
+
 def project_key(organization: str, project: str) -> str:
     """The key of a project in subjects and KV buckets: ``<org>.<project>``."""
     return f"{organization}.{project}"

@@ -191,6 +191,20 @@ async def test_two_projects_with_one_backing_namespace_conflict(ipam: IpamReconc
     assert "a-b/c" in info.value.message
 
 
+async def test_a_namespace_that_would_share_names_with_external_ports_is_refused(
+    ipam: IpamReconciler, kv: FakeKV
+) -> None:
+    with pytest.raises(PermanentError) as info:
+        await ipam.reconcile(ctx(record("ext", "cloud-x"), org="ext", name="cloud-x"))
+    assert info.value.reason == "NamespaceReserved"
+    assert "ext-cloud-x" in info.value.message
+    assert not kv.data  # nothing claimed, nothing allocated
+    ok = await ipam.reconcile(
+        ctx(record("x", "default-ext-cloud-x"), org="x", name="default-ext-cloud-x")
+    )
+    assert ok.state == "Ready"
+
+
 async def test_an_exhausted_pool_is_an_error_result_that_requeues(ipam: IpamReconciler) -> None:
     results = [await ipam.reconcile(ctx(record(name=f"p{i}"), name=f"p{i}")) for i in range(6)]
     assert [r.state for r in results] == ["Ready"] * 5 + ["Error"]

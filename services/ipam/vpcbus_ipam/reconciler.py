@@ -267,6 +267,12 @@ class IpamReconciler:
                 f"egressNetworkType is immutable: the project egresses through {held}",
             )
         ns = names.namespace(ctx.organization, ctx.project)
+        if names.reserved_namespace(ns):
+            raise PermanentError(
+                "NamespaceReserved",
+                f"backing namespace {ns} starts with {names.EXTERNAL_PREFIX!r}, which names "
+                "the external networks' switch ports; choose another organization or project name",
+            )
         owner = await self.book.claim(namespace_key(ns), ctx.key)
         if owner != ctx.key:
             raise PermanentError(

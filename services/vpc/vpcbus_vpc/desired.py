@@ -86,7 +86,7 @@ def mac_for(name: str) -> str:
 
 
 def external_switch(network: str) -> str:
-    return f"ext-{network}"
+    return names.external_switch(network)
 
 
 def workload_ports(namespace: str, nics: list[WorkloadAddress]) -> tuple[WorkloadPort, ...]:
