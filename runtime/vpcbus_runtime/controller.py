@@ -17,9 +17,11 @@ repairs drift, finishes waits and garbage-collects orphans.
 from __future__ import annotations
 
 import asyncio
+import math
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
 import nats.errors
@@ -66,8 +68,33 @@ class Counters:
     reconciles: int = 0
     reconcile_errors: int = 0
     reconcile_seconds: float = 0.0
+    redelivered: int = 0  # events this process got more than once (a crash, a nak, an ack timeout)
     last_error: str = ""
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+#: Reconcile durations kept for the latency figures of ``$SRV.STATS``.
+LATENCY_WINDOW = 1024
+#: How often the consumer's lag (pending, ack pending, redelivered) is read from the server.
+LAG_EVERY = 5.0
+
+
+@dataclass(frozen=True)
+class Lag:
+    """The events consumer as the server saw it at ``at`` (shared by every replica)."""
+
+    pending: int  # in the stream, not yet delivered to any replica
+    ack_pending: int  # delivered, not yet acknowledged
+    redelivered: int  # delivered more than once and not yet acknowledged
+    at: datetime
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-quantile (0..1) of ``values`` by nearest rank; 0.0 when empty."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 def backoff(attempt: int) -> float:
@@ -117,6 +144,9 @@ class Controller:
         #: the service handles within the 30 s ack wait.
         self.in_flight = int(getattr(reconciler, "in_flight", MAX_IN_FLIGHT))
         self._slots = asyncio.Semaphore(self.in_flight)
+        self.latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)  # seconds per reconcile
+        self.lag: Lag | None = None
+        self._events: JetStreamContext.PullSubscription | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -124,8 +154,10 @@ class Controller:
         events = await self._consumer(
             subjects.EVENTS_STREAM, f"{self.service}-events", [f"{f}.*" for f in self.families]
         )
+        self._events = events
         self.queue.start()
         self._loops.append(asyncio.create_task(self._fetch(events, self._on_event)))
+        self._loops.append(asyncio.create_task(self._lag_forever(events)))
         if self.reconciler.watches:
             filters = [subjects.status_filter(p) for p in self.reconciler.watches]
             peers = await self._consumer(subjects.STATUS_STREAM, f"{self.service}-peers", filters)
@@ -175,6 +207,44 @@ class Controller:
                 task = asyncio.create_task(self._guarded(handle, msg))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
+
+    async def _lag_forever(self, psub: JetStreamContext.PullSubscription) -> None:
+        while True:
+            try:
+                info = await psub.consumer_info()
+                self.lag = Lag(
+                    pending=info.num_pending or 0,
+                    ack_pending=info.num_ack_pending or 0,
+                    redelivered=info.num_redelivered or 0,
+                    at=datetime.now(UTC),
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a reconnect in progress: the last figures stay
+                log.debug("consumer info failed", error=repr(exc))
+            await asyncio.sleep(LAG_EVERY)
+
+    def stats(self) -> dict[str, object]:
+        """The figures ``$SRV.STATS`` reports (see README, "Service discovery")."""
+        data: dict[str, object] = asdict(self.counters)
+        data["started"] = self.counters.started.isoformat()
+        data["queue_depth"] = len(self.queue)
+        data["in_flight"] = len(self._tasks)
+        window = list(self.latencies)
+        data["reconcile_ms"] = {
+            "count": len(window),
+            "p50": round(percentile(window, 0.5) * 1000, 1),
+            "p99": round(percentile(window, 0.99) * 1000, 1),
+            "max": round(max(window, default=0.0) * 1000, 1),
+        }
+        lag = self.lag
+        data["consumer"] = None if lag is None else {
+            "pending": lag.pending,
+            "ack_pending": lag.ack_pending,
+            "redelivered": lag.redelivered,
+            "at": lag.at.isoformat(),
+        }  # fmt: skip
+        return data
 
     async def _guarded(self, handle: Callable[[Msg], Awaitable[None]], msg: Msg) -> None:
         try:
@@ -234,6 +304,8 @@ class Controller:
         deliveries = meta.num_delivered or 1
         seq = meta.sequence.stream if meta.sequence else 0
         self.counters.events += 1
+        if deliveries > 1:
+            self.counters.redelivered += 1
         structlog.contextvars.bind_contextvars(subject=msg.subject, stream_seq=seq)
         decoded = intake.decode(msg.subject, msg.data)
         if isinstance(decoded, intake.Rejected):
@@ -407,6 +479,7 @@ class Controller:
             retry = True
         self.counters.reconciles += 1
         self.counters.reconcile_seconds += loop.time() - started
+        self.latencies.append(loop.time() - started)
         if result.state == "Error":
             self.counters.reconcile_errors += 1
             self.counters.last_error = f"{key}: {result.reason}: {result.message}"

@@ -13,7 +13,6 @@ import json
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict
 
 import nats.micro
 import structlog
@@ -21,7 +20,7 @@ from nats.js import JetStreamContext
 from nats.micro.request import Request
 from nats.micro.service import Service
 
-from vpcbus_proto import subjects
+from vpcbus_proto import names, subjects
 from vpcbus_proto.subjects import ServiceName
 from vpcbus_runtime import bus, logs
 from vpcbus_runtime.controller import Controller
@@ -38,32 +37,42 @@ log = structlog.get_logger()
 
 
 async def _register(controller: Controller) -> Service:
-    def stats(_endpoint: object) -> dict[str, object]:
-        data = asdict(controller.counters)
-        data["started"] = controller.counters.started.isoformat()
-        data["queue_depth"] = len(controller.queue)
-        return data
-
     svc = await nats.micro.add_service(
         controller.nc,
         name=f"vpcbus-{controller.service}",
         version=VERSION,
         description=f"vpcbus {controller.service} reconciler",
-        stats_handler=stats,
+        stats_handler=lambda _endpoint: controller.stats(),
     )
 
     async def status(req: Request) -> None:
-        body = json.loads(req.data or b"{}")
-        key = f"{body.get('organization', '')}.{body.get('project', '')}"
+        """This service's view of one project: its record (the desired state it folded),
+        its members, whether it is queued, and the status it last published."""
+        try:
+            body = json.loads(req.data or b"{}")
+            org, project = str(body["organization"]), str(body["project"])
+            key = names.project_key(org, project)
+            names.split_key(key)  # both must be labels
+        except (ValueError, KeyError, TypeError):
+            await req.respond_error(
+                "400", 'send {"organization": ORG, "project": PROJECT} (DNS labels)'
+            )
+            return
         record, revision = await controller.records.get(key)
-        await req.respond(
-            json.dumps(
-                {
-                    "record": record.model_dump(mode="json") if record else None,
-                    "revision": revision,
-                }
-            ).encode()
-        )
+        members = controller.members.of(key) if controller.members is not None else {}
+        published = await controller.peers.status(controller.service, org, project)
+        view = {
+            "service": controller.service,
+            "project": key,
+            "record": record.model_dump(mode="json", by_alias=True) if record else None,
+            "revision": revision,
+            "members": {
+                m: r.model_dump(mode="json", by_alias=True) for m, r in sorted(members.items())
+            },
+            "queued": controller.queue.pending(key),
+            "status": published.model_dump(mode="json", by_alias=True) if published else None,
+        }
+        await req.respond(json.dumps(view).encode())
 
     await svc.add_endpoint(
         name="status", handler=status, subject=f"vpcbus.svc.{controller.service}.status"

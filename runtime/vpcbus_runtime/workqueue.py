@@ -82,6 +82,13 @@ class WorkQueue(Generic[T]):
     def __len__(self) -> int:
         return sum(1 for state in self._keys.values() if state.queued or state.paced)
 
+    def pending(self, key: str) -> bool:
+        """``key`` is waiting to run, running, or due to run again after a delay."""
+        state = self._keys.get(key)
+        return state is not None and (
+            state.queued or state.paced or state.running or state.timer is not None
+        )
+
     def add(self, key: str, *, background: bool = False) -> None:
         """Run ``key`` soon (coalesced with any pending run); ``background``: when idle."""
         state = self._state(key)

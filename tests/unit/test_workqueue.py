@@ -436,3 +436,21 @@ async def test_the_remembered_pauses_of_finished_keys_are_pruned() -> None:
         await q.stop()
     assert max(remembered) > 100  # finished keys' pauses are remembered ...
     assert max(remembered) <= 1024 + 100  # ... but not one entry for every key ever run
+
+
+async def test_pending_is_true_while_a_key_waits_runs_or_is_due_again(
+    queue: WorkQueue[int], handler: Recorder
+) -> None:
+    assert not queue.pending("a")
+    queue.add("a")
+    assert queue.pending("a")  # queued
+    gate = handler.gate("a")
+    queue.start()
+    async with asyncio.timeout(SOON):
+        await handler.began("a").wait()
+    assert queue.pending("a")  # running
+    gate.set()
+    await idle(queue, handler)
+    assert not queue.pending("a")
+    queue.add_after("a", 60.0)
+    assert queue.pending("a")  # due again later
