@@ -21,7 +21,8 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PATH=/opt/vpcbus/bin:$PATH
 
 # Debian's python3 (3.11, the project's version; openvswitch-common needs it anyway) and the
-# OVN/OVS tools: ovsdb-server, ovsdb-tool, ovn-northd, ovn-nbctl, ovn-sbctl, ovn-appctl.
+# OVN/OVS tools: ovsdb-server, ovsdb-tool, ovn-northd, ovn-nbctl, ovn-sbctl, ovn-appctl; for
+# the chassis container also ovs-vswitchd, ovs-vsctl, ovn-controller, ip, ethtool and ping.
 # policy-rc.d stops the packages' maintainer scripts from starting daemons during the build.
 # Versions come from bookworm (+ security); pinning them would break on each Debian update.
 # hadolint ignore=DL3008
@@ -30,9 +31,14 @@ RUN printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d \
     && apt-get update \
     && apt-get install -y --no-install-recommends \
         ca-certificates \
+        ethtool \
+        iproute2 \
+        iputils-ping \
         openvswitch-common \
+        openvswitch-switch \
         ovn-central \
         ovn-common \
+        ovn-host \
         python3 \
         python3-venv \
     && rm -rf /var/lib/apt/lists/* \

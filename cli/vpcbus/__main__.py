@@ -243,6 +243,21 @@ def ovn_central_cmd(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def chassis_cmd(args: argparse.Namespace) -> int:
+    """Run a userspace OVN chassis in the foreground (the compose chassis container)."""
+    if os.geteuid() != 0:
+        raise CliError("vpcbus chassis needs root (network namespaces, OVS)")
+    endpoints_ = endpoints(args.home)
+    try:
+        stack.run_chassis(
+            args.home, sb_db=args.sb_db, nb_db=endpoints_["nb"], nats_url=endpoints_["nats"],
+            name=args.name, upstream=not args.no_upstream,
+        )  # fmt: skip
+    except RuntimeError as exc:  # procs.StartupError / CommandError, or a home in use
+        raise CliError(str(exc)) from exc
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vpcbus", description=__doc__.split("\n\n")[0])
     p.add_argument(
@@ -263,6 +278,13 @@ def build_parser() -> argparse.ArgumentParser:
     svc = sub.add_parser("service", help="run one service in the foreground")
     svc.add_argument("name", choices=subjects.SERVICES)
     svc.set_defaults(func=service_cmd)
+
+    ch = sub.add_parser("chassis", help="run a userspace OVN chassis in the foreground")
+    ch.add_argument("--sb-db", required=True, help="OVN SB database, e.g. tcp:ovn-central:6642")
+    ch.add_argument("--name", default=stack.CHASSIS_NAME, help="system-id (chassis name)")
+    ch.add_argument("--no-upstream", action="store_true",
+                    help="no stand-in upstream host on the cloud network")  # fmt: skip
+    ch.set_defaults(func=chassis_cmd)
 
     oc = sub.add_parser("ovn-central", help="run OVN NB/SB/northd in the foreground")
     oc.add_argument("--rundir", required=True)

@@ -127,6 +127,44 @@ class _Service:
         procs.stop_child(self.proc)
 
 
+def _start_upstream(chassis: Chassis) -> None:
+    """The stand-in upstream on the cloud network: its gateway and two internet addresses."""
+    inet = chassis.add_external_host(INTERNET_HOST, "cloud", INTERNET_ADDRESSES, mac=INTERNET_MAC)
+    # Announce the upstream gateway like a VRRP gateway would (see announce.py).
+    inet.spawn(sys.executable, "-m", "vpcbus.embedded.announce", "--iface", "eth0",
+               "--ip", INTERNET_ADDRESSES[0].split("/")[0])  # fmt: skip
+
+
+def run_chassis(
+    home: Path, *, sb_db: str, nb_db: str, nats_url: str, name: str, upstream: bool = True
+) -> None:
+    """A chassis alone, in the foreground, until SIGTERM/SIGINT: compose's ``chassis``
+    container. It records itself in ``<home>/stack.json`` like ``vpcbus up`` (no services),
+    so ``vpcbus vm ...`` run beside it (``docker compose exec chassis vpcbus vm create ...``)
+    plugs VMs into it, with addresses from the stack at ``nats_url``."""
+    home.mkdir(parents=True, exist_ok=True)
+    if load_state(home) is not None:
+        raise RuntimeError(f"a stack or chassis already runs with home {home}")
+    stopping = procs.stop_requested()  # before start(): a SIGTERM meanwhile still stops it
+    chassis = Chassis(chassis_dir(home), sb_db, name=name, prefix=chassis_prefix())
+    try:
+        chassis.start()
+        if upstream:
+            _start_upstream(chassis)
+        state = StackState(
+            supervisor_pid=os.getpid(), home=str(home), nats_url=nats_url, ovn_nb_db=nb_db,
+            ovn_sb_db=sb_db, chassis=name, started=time.time(), chassis_prefix=chassis.prefix,
+        )  # fmt: skip
+        _write_state(home, state)
+        print(f"chassis ready: {name} (SB {sb_db}, namespaces {chassis.prefix}-*)", flush=True)
+        while not stopping() and chassis.is_running():
+            time.sleep(0.5)
+    finally:
+        state_path(home).unlink(missing_ok=True)
+        chassis.stop()
+        print("chassis stopped", flush=True)
+
+
 def run(home: Path, *, nats_port: int, with_chassis: bool) -> None:
     """The supervisor: start everything, supervise until SIGTERM/SIGINT, stop everything."""
     home.mkdir(parents=True, exist_ok=True)
@@ -144,12 +182,7 @@ def run(home: Path, *, nats_port: int, with_chassis: bool) -> None:
             chassis = Chassis(chassis_dir(home), central.sb_db, name=CHASSIS_NAME,
                               prefix=chassis_prefix())  # fmt: skip
             chassis.start()
-            inet = chassis.add_external_host(
-                INTERNET_HOST, "cloud", INTERNET_ADDRESSES, mac=INTERNET_MAC
-            )
-            # Announce the upstream gateway like a VRRP gateway would (see announce.py).
-            inet.spawn(sys.executable, "-m", "vpcbus.embedded.announce", "--iface", "eth0",
-                       "--ip", INTERNET_ADDRESSES[0].split("/")[0])  # fmt: skip
+            _start_upstream(chassis)
         env = {
             **os.environ,
             "NATS_URL": nats.url,

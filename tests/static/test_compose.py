@@ -29,7 +29,7 @@ COMPOSE_FILE = ROOT / "compose.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
 REQUIREMENTS = ROOT / "requirements.txt"
 
-BUILT_IMAGE_SERVICES = ("ovn-central", *commands.SERVICES)
+BUILT_IMAGE_SERVICES = ("ovn-central", "chassis", *commands.SERVICES)
 ALL_SERVICES = ("nats", *BUILT_IMAGE_SERVICES)
 
 
@@ -75,6 +75,11 @@ def fixture_argvs(tmp: Path) -> dict[str, list[str]]:
             rundir=tmp / "ovn",
             nb_remote="ptcp:40125:127.0.0.1",
             sb_remote="ptcp:40126:127.0.0.1",
+            vpcbus=Path(sys.executable).parent / "vpcbus",
+        ),
+        "chassis": commands.chassis_argv(
+            sb_db="tcp:127.0.0.1:40126",
+            name="vpcbus-chassis-1",
             vpcbus=Path(sys.executable).parent / "vpcbus",
         ),
         **{name: commands.service_argv(name, python=sys.executable) for name in commands.SERVICES},
@@ -230,6 +235,24 @@ def test_ovn_central_command_ports_volume_and_health_agree() -> None:
         assert SERVICES[name]["environment"]["OVN_NB_DB"] == f"tcp:ovn-central:{nb_port}"
 
 
+def test_chassis_registers_as_the_gateway_chassis_in_the_compose_sb() -> None:
+    chassis = SERVICES["chassis"]
+    command = chassis["command"]
+    central = SERVICES["ovn-central"]["command"]
+    sb_port = option(central, "--sb-remote").split(":")[1]
+    assert option(command, "--sb-db") == f"tcp:ovn-central:{sb_port}"
+    name = option(command, "--name")
+    assert SERVICES["vpc"]["environment"]["VPCBUS_GATEWAY_CHASSIS"] == name
+    # The healthcheck is the one tests/datapath/test_chassis_command.py runs: registered in SB.
+    assert chassis["healthcheck"]["test"] == [
+        "CMD", "ovn-sbctl", f"--db=tcp:ovn-central:{sb_port}", "--timeout=5",
+        "get", "Chassis", name, "name",
+    ]  # fmt: skip
+    assert chassis["privileged"] is True and chassis["user"] == "0:0"  # netns, veths, OVS
+    assert chassis["environment"]["NATS_URL"] == "nats://nats:4222"  # vm create's addresses
+    assert set(chassis["depends_on"]) == {"nats", "ovn-central"}
+
+
 # -- the Dockerfile ----------------------------------------------------------------------------
 
 
@@ -272,7 +295,8 @@ def test_dockerfile_base_packages_user_and_command() -> None:
     instructions = dockerfile_instructions()
     assert instructions[0] == ("FROM", "debian:bookworm-slim")
     install = " ".join(args for keyword, args in instructions if keyword == "RUN")
-    for package in ("ovn-central", "ovn-common", "openvswitch-common", "python3-venv"):
+    chassis = ("openvswitch-switch", "ovn-host", "iproute2", "ethtool", "iputils-ping")
+    for package in ("ovn-central", "ovn-common", "openvswitch-common", "python3-venv", *chassis):
         assert re.search(rf"\s{re.escape(package)}\s", install), package
     users = [args for keyword, args in instructions if keyword == "USER"]
     assert users and users[-1] not in ("root", "0")

@@ -90,6 +90,14 @@ def ovn_central_argv(
     return argv
 
 
+def chassis_argv(
+    *, sb_db: str, name: str = "vpcbus-chassis-1", vpcbus: StrPath = VPCBUS
+) -> list[str]:
+    """``vpcbus chassis``: a userspace OVN chassis (ovs-vswitchd netdev + ovn-controller)
+    registered in the SB at ``sb_db`` as ``name``, in the foreground."""
+    return [os.fspath(vpcbus), "chassis", "--sb-db", sb_db, "--name", name]
+
+
 # -- comparing command lines by shape -------------------------------------------------------
 
 _REMOTE = re.compile(r"^p?(tcp|ssl|unix):")
