@@ -11,6 +11,9 @@ import sys
 
 import structlog
 
+FORMATS = ("json", "console")
+LEVELS = ("debug", "info", "warning", "error")
+
 
 def configure(service: str, *, fmt: str = "json", level: str = "info") -> None:
     renderer: structlog.typing.Processor = (

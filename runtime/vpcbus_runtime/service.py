@@ -7,12 +7,14 @@ exits cleanly on SIGTERM / SIGINT.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 
 import nats.micro
 import structlog
@@ -122,8 +124,31 @@ async def serve(service: ServiceName, factory: Factory, settings: Settings) -> N
     await nc.close()
 
 
-def main(service: ServiceName, factory: Factory) -> None:
+def parse_args(service: ServiceName, argv: Sequence[str] | None = None) -> Settings:
+    """Settings from the environment (README, "Configuration"), with the log options also
+    on the command line: ``python -m vpcbus_<service> --log-format console``."""
+    parser = argparse.ArgumentParser(
+        prog=f"python -m vpcbus_{service}",
+        description=f"vpcbus {service} reconciler; configured by environment variables",
+    )
+    parser.add_argument(
+        "--log-format", choices=logs.FORMATS, help="default: VPCBUS_LOG_FORMAT or json"
+    )
+    parser.add_argument(
+        "--log-level", choices=logs.LEVELS, help="default: VPCBUS_LOG_LEVEL or info"
+    )
+    args = parser.parse_args(argv)
+    settings = Settings()
+    if args.log_format is not None:
+        settings = replace(settings, log_format=args.log_format)
+    if args.log_level is not None:
+        settings = replace(settings, log_level=args.log_level)
+    return settings
+
+
+def main(service: ServiceName, factory: Factory, argv: Sequence[str] | None = None) -> None:
+    settings = parse_args(service, argv)
     try:
-        asyncio.run(serve(service, factory, Settings()))
+        asyncio.run(serve(service, factory, settings))
     except KeyboardInterrupt:
         sys.exit(130)
