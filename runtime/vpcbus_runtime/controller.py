@@ -457,6 +457,8 @@ class Controller:
     async def _reconcile(self, key: str) -> Outcome:
         org, project = names.split_key(key)
         rid = uuid.uuid4().hex[:12]
+        # For the reconciler's own lines too (this runs in a work-queue worker task).
+        structlog.contextvars.bind_contextvars(project=key, reconcile_id=rid)
         logger = log.bind(project=key, reconcile_id=rid)
         loop = asyncio.get_running_loop()
         started = loop.time()

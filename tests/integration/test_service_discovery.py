@@ -108,3 +108,22 @@ def test_percentile_is_nearest_rank() -> None:
         99.0,
         100.0,
     )
+
+
+async def test_a_reconcilers_own_log_lines_carry_the_project_and_reconcile_id(
+    services: ServiceProcs, client: Client
+) -> None:
+    await helpers.create_ready(client, helpers.spec("disc", "logs", cidr="10.8.0.0/24"))
+    await helpers.delete_done(client, "disc", "logs")
+
+    def lines() -> list[dict[str, Any]]:
+        text = (services.logdir / "vpc.log").read_text()
+        return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+    torn = [r for r in lines() if r["event"] == "vpc torn down" and r.get("project") == "disc.logs"]
+    assert torn, "the VPC reconciler logs its teardown"
+    rid = torn[-1]["reconcile_id"]
+    assert any(r["event"] == "reconciled" and r.get("reconcile_id") == rid for r in lines()), (
+        "the controller's line of the same run has the same reconcile id"
+    )
+    assert torn[-1]["service"] == "vpc"
