@@ -97,6 +97,35 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
+def figures(
+    counters: Counters,
+    *,
+    queue_depth: int,
+    in_flight: int,
+    latencies: Sequence[float],
+    lag: Lag | None,
+) -> dict[str, object]:
+    """A service process's figures, as ``$SRV.STATS`` reports them in its endpoint's ``data``
+    (documented in docs/asyncapi.json as ``ServiceFigures``)."""
+    data: dict[str, object] = asdict(counters)
+    data["started"] = counters.started.isoformat()
+    data["queue_depth"] = queue_depth
+    data["in_flight"] = in_flight
+    data["reconcile_ms"] = {
+        "count": len(latencies),
+        "p50": round(percentile(latencies, 0.5) * 1000, 1),
+        "p99": round(percentile(latencies, 0.99) * 1000, 1),
+        "max": round(max(latencies, default=0.0) * 1000, 1),
+    }
+    data["consumer"] = None if lag is None else {
+        "pending": lag.pending,
+        "ack_pending": lag.ack_pending,
+        "redelivered": lag.redelivered,
+        "at": lag.at.isoformat(),
+    }  # fmt: skip
+    return data
+
+
 def backoff(attempt: int) -> float:
     return float(min(0.5 * 2 ** max(attempt - 1, 0), MAX_BACKOFF))
 
@@ -225,26 +254,11 @@ class Controller:
             await asyncio.sleep(LAG_EVERY)
 
     def stats(self) -> dict[str, object]:
-        """The figures ``$SRV.STATS`` reports (see README, "Service discovery")."""
-        data: dict[str, object] = asdict(self.counters)
-        data["started"] = self.counters.started.isoformat()
-        data["queue_depth"] = len(self.queue)
-        data["in_flight"] = len(self._tasks)
-        window = list(self.latencies)
-        data["reconcile_ms"] = {
-            "count": len(window),
-            "p50": round(percentile(window, 0.5) * 1000, 1),
-            "p99": round(percentile(window, 0.99) * 1000, 1),
-            "max": round(max(window, default=0.0) * 1000, 1),
-        }
-        lag = self.lag
-        data["consumer"] = None if lag is None else {
-            "pending": lag.pending,
-            "ack_pending": lag.ack_pending,
-            "redelivered": lag.redelivered,
-            "at": lag.at.isoformat(),
-        }  # fmt: skip
-        return data
+        """The figures ``$SRV.STATS`` reports (see :func:`figures`)."""
+        return figures(
+            self.counters, queue_depth=len(self.queue), in_flight=len(self._tasks),
+            latencies=list(self.latencies), lag=self.lag,
+        )  # fmt: skip
 
     async def _guarded(self, handle: Callable[[Msg], Awaitable[None]], msg: Msg) -> None:
         try:

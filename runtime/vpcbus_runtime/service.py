@@ -13,7 +13,7 @@ import contextlib
 import json
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 
 import nats.micro
@@ -23,12 +23,13 @@ from nats.micro.request import Request
 from nats.micro.service import Service
 
 from vpcbus_proto import names, subjects
+from vpcbus_proto.status import ServiceStatus
 from vpcbus_proto.subjects import ServiceName
 from vpcbus_runtime import bus, logs
 from vpcbus_runtime.controller import Controller
-from vpcbus_runtime.members import MemberIndex
+from vpcbus_runtime.members import MemberIndex, MemberRecord
 from vpcbus_runtime.reconciling import Reconciler
-from vpcbus_runtime.records import RecordStore
+from vpcbus_runtime.records import ProjectRecord, RecordStore
 from vpcbus_runtime.settings import Settings
 
 VERSION = "0.1.0"
@@ -36,6 +37,31 @@ VERSION = "0.1.0"
 Factory = Callable[[Settings, JetStreamContext], Awaitable[Reconciler]]
 
 log = structlog.get_logger()
+
+
+def project_view(
+    service: ServiceName,
+    key: str,
+    record: ProjectRecord | None,
+    revision: int,
+    members: Mapping[str, MemberRecord],
+    *,
+    queued: bool,
+    status: ServiceStatus | None,
+) -> dict[str, object]:
+    """The reply of ``vpcbus.svc.<service>.status`` (``StatusReply`` in docs/asyncapi.json):
+    the wire form of every model, as on the bus (camelCase spec fields)."""
+    return {
+        "service": service,
+        "project": key,
+        "record": record.model_dump(mode="json", by_alias=True) if record else None,
+        "revision": revision,
+        "members": {
+            m: r.model_dump(mode="json", by_alias=True) for m, r in sorted(members.items())
+        },
+        "queued": queued,
+        "status": status.model_dump(mode="json", by_alias=True) if status else None,
+    }
 
 
 async def _register(controller: Controller) -> Service:
@@ -63,17 +89,10 @@ async def _register(controller: Controller) -> Service:
         record, revision = await controller.records.get(key)
         members = controller.members.of(key) if controller.members is not None else {}
         published = await controller.peers.status(controller.service, org, project)
-        view = {
-            "service": controller.service,
-            "project": key,
-            "record": record.model_dump(mode="json", by_alias=True) if record else None,
-            "revision": revision,
-            "members": {
-                m: r.model_dump(mode="json", by_alias=True) for m, r in sorted(members.items())
-            },
-            "queued": controller.queue.pending(key),
-            "status": published.model_dump(mode="json", by_alias=True) if published else None,
-        }
+        view = project_view(
+            controller.service, key, record, revision, members,
+            queued=controller.queue.pending(key), status=published,
+        )  # fmt: skip
         await req.respond(json.dumps(view).encode())
 
     await svc.add_endpoint(
