@@ -19,8 +19,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from vpcbus import addressing, stack, tables, tracing, vms
-from vpcbus.client import RejectedError, Statuses, WaitTimeoutError, deleted_at, ready_at
+from vpcbus import addressing, stack, tables, tracing, vms, watching
+from vpcbus.client import RejectedError, WaitTimeoutError, deleted_at, ready_at
 from vpcbus.common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -33,15 +33,10 @@ from vpcbus.common import (
     invalid,
     parse_ref,
 )
+from vpcbus.progress import Progress
 from vpcbus_proto import names, subjects
 from vpcbus_proto.projects import ProjectRef, ProjectSpec
 from vpcbus_proto.status import project_ready
-
-
-def _progress(statuses: Statuses) -> None:
-    if sys.stderr.isatty():
-        line = " ".join(f"{k}={getattr(v, 'state', '?')}" for k, v in sorted(statuses.items()))
-        print(f"\r  waiting: {line}   ", end="", file=sys.stderr, flush=True)
 
 
 async def project_upsert(args: argparse.Namespace, *, update: bool) -> int:
@@ -65,10 +60,9 @@ async def project_upsert(args: argparse.Namespace, *, update: bool) -> int:
         if not args.wait:
             return EXIT_OK
         await watch.until(
-            ready_at(published.generation), timeout=args.timeout,
-            event_id=published.event_id, progress=_progress,
+            ready_at(published.generation), timeout=args.timeout, event_id=published.event_id,
+            progress=Progress(f"{org}/{name}", published.generation),
         )  # fmt: skip
-        _clear()
         print(f"project {org}/{name} is Ready")
         return EXIT_OK
     finally:
@@ -85,18 +79,13 @@ async def project_delete(args: argparse.Namespace) -> int:
         if args.wait:
             await watch.until(
                 deleted_at(published.generation), timeout=args.timeout,
-                event_id=published.event_id, progress=_progress,
+                event_id=published.event_id,
+                progress=Progress(f"{org}/{name}", published.generation),
             )  # fmt: skip
-            _clear()
             print(f"project {org}/{name} deleted")
         return EXIT_OK
     finally:
         await client.close()
-
-
-def _clear() -> None:
-    if sys.stderr.isatty():
-        print("\r" + " " * 70 + "\r", end="", file=sys.stderr)
 
 
 async def project_list(args: argparse.Namespace) -> int:
@@ -317,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     addressing.add_get_parsers(gsub)
     addressing.add_parsers(sub)
     vms.add_parsers(sub)
+    watching.add_parsers(sub)
 
     tr = sub.add_parser("trace", help="explain a packet's path with ovn-trace")
     tr.add_argument("project", metavar="ORG/PROJECT")
@@ -345,12 +335,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         result = args.func(args)
         code = asyncio.run(result) if asyncio.iscoroutine(result) else result
     except RejectedError as exc:
-        _clear()
         for err in exc.errors:
             print(f"error: {err.service}: {err.reason}: {err.message}", file=sys.stderr)
         code = EXIT_FAILED
     except WaitTimeoutError as exc:
-        _clear()
         print(f"error: timed out waiting: {exc}", file=sys.stderr)
         code = EXIT_TIMEOUT
     except CliError as exc:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import nats
 from nats.aio.client import Client as Nats
@@ -47,6 +48,15 @@ class WaitTimeoutError(Exception):
             for s, st in sorted(statuses.items())
         )
         super().__init__(detail or "no service reported")
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One message as :meth:`Client.tap` hands it on."""
+
+    subject: str
+    data: bytes
+    time: datetime  # when the stream stored it (a replay), else when it arrived
 
 
 @dataclass(frozen=True)
@@ -209,6 +219,31 @@ class Client:
             if msg.data:
                 out.append(ErrorEvent.model_validate_json(msg.data))
         return out
+
+    async def tap(
+        self, filters: list[str], cb: Callable[[Seen], Awaitable[None]], *, replay: bool = False
+    ) -> None:
+        """Hand every message on ``filters`` to ``cb`` until :meth:`close`.
+
+        Core subscriptions: what is published from now on. ``replay``: an ordered consumer
+        per filter instead, which delivers what its stream still holds, then carries on live.
+        """
+
+        async def seen(msg: Msg) -> None:
+            when = msg.metadata.timestamp if replay else datetime.now(UTC)
+            await cb(Seen(msg.subject, msg.data, when))
+
+        for subject in filters:
+            if replay:
+                await self.js.subscribe(
+                    subject,
+                    cb=seen,
+                    ordered_consumer=True,
+                    deliver_policy=api.DeliverPolicy.ALL,
+                )
+            else:
+                await self.nc.subscribe(subject, cb=seen)
+        await self.nc.flush()
 
     # -- waiting -------------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 OVN are, ``ORG/PROJECT`` parsing and connecting.
 
 Used by :mod:`vpcbus.__main__` and the command modules it registers (:mod:`vpcbus.addressing`,
-:mod:`vpcbus.vms`).
+:mod:`vpcbus.vms`, :mod:`vpcbus.watching`).
 They live here, not in ``__main__``, because ``python -m vpcbus`` runs ``__main__`` as a
 second module: a command module importing it would get a different :class:`CliError`.
 """
