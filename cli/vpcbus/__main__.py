@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from vpcbus import addressing, stack, tables, tracing, vms, watching
+from vpcbus import addressing, dashboard, stack, tables, tracing, vms, watching
 from vpcbus.client import RejectedError, WaitTimeoutError, deleted_at, ready_at
 from vpcbus.common import (
     EXIT_FAILED,
@@ -306,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     addressing.add_get_parsers(gsub)
     addressing.add_parsers(sub)
     vms.add_parsers(sub)
+    dashboard.add_parsers(sub)
     watching.add_parsers(sub)
 
     tr = sub.add_parser("trace", help="explain a packet's path with ovn-trace")
