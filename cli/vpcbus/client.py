@@ -7,6 +7,7 @@ Used by the CLI, the test suite and the benchmark; anything it does, any NATS cl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 from collections.abc import Awaitable, Callable
@@ -19,12 +20,13 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
+from pydantic import ValidationError
 
 from vpcbus_proto import events, names, subjects
 from vpcbus_proto.errors import ErrorEvent
 from vpcbus_proto.members import EipRef, EipSpec, WorkloadRef, WorkloadSpec
 from vpcbus_proto.projects import ProjectRef, ProjectSpec
-from vpcbus_proto.status import PoolUsage, ServiceStatus
+from vpcbus_proto.status import PoolUsage, ServiceStatus, parse_status
 from vpcbus_proto.subjects import ServiceName
 from vpcbus_runtime import bus
 from vpcbus_runtime.statuses import StreamPeers
@@ -183,8 +185,8 @@ class Client:
                     msg = await sub.next_msg(timeout=2.0)
                 except nats.errors.TimeoutError:
                     break
-                if msg.data:
-                    st = ServiceStatus.model_validate_json(msg.data)
+                st = parse_status(msg.subject, msg.data) if msg.data else None
+                if st is not None:  # (a malformed one is skipped)
                     key = names.project_key(st.organization, st.project)
                     out.setdefault(key, {})[st.service] = st
                 if msg.metadata.num_pending == 0:
@@ -202,7 +204,8 @@ class Client:
         for subject in sorted(info.state.subjects or {}):
             msg = await self.js.get_last_msg(subjects.STATUS_STREAM, subject, direct=True)
             if msg.data:
-                out.append(PoolUsage.model_validate_json(msg.data))
+                with contextlib.suppress(ValidationError):  # a malformed one is skipped
+                    out.append(PoolUsage.model_validate_json(msg.data))
         return out
 
     async def errors(self, limit: int = 50) -> list[ErrorEvent]:
@@ -217,7 +220,8 @@ class Client:
             except NotFoundError:
                 continue
             if msg.data:
-                out.append(ErrorEvent.model_validate_json(msg.data))
+                with contextlib.suppress(ValidationError):  # a malformed one is skipped
+                    out.append(ErrorEvent.model_validate_json(msg.data))
         return out
 
     async def tap(
@@ -286,12 +290,17 @@ class Watch:
             await sub.unsubscribe()
 
     async def _st(self, msg: Msg) -> None:
-        st = ServiceStatus.model_validate_json(msg.data)
+        st = parse_status(msg.subject, msg.data)
+        if st is None:
+            return  # malformed or misplaced: not a status of this project
         self.statuses[st.service] = st
         self._changed.set()
 
     async def _err(self, msg: Msg) -> None:
-        self.errors.append(ErrorEvent.model_validate_json(msg.data))
+        try:
+            self.errors.append(ErrorEvent.model_validate_json(msg.data))
+        except ValidationError:
+            return
         self._changed.set()
 
     async def until(

@@ -11,10 +11,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
-from vpcbus_proto.subjects import SERVICES, ServiceName
+from vpcbus_proto.subjects import SERVICES, ServiceName, status_subject
 
 State = Literal["Ready", "Pending", "Error", "Deleted"]
 Ownership = Literal["Released", "Shared", "Exclusive"]
@@ -133,3 +133,17 @@ def project_ready(statuses: dict[str, ServiceStatus]) -> bool:
 def project_deleted(statuses: dict[str, ServiceStatus]) -> bool:
     """Every service that ever reported on the project has torn it down."""
     return all(s.state == "Deleted" for s in statuses.values())
+
+
+def parse_status(subject: str, data: bytes) -> ServiceStatus | None:
+    """The status a message on ``subject`` carries; None when it carries none: not JSON, not
+    a ``ServiceStatus``, or one that names another service or project than its subject (a
+    status is believed only on its own subject). Every reader of statuses uses this, so a
+    malformed or misplaced message on a status subject is ignored, never fatal."""
+    try:
+        status = ServiceStatus.model_validate_json(data)
+    except ValidationError:
+        return None
+    if status_subject(status.service, status.organization, status.project) != subject:
+        return None
+    return status

@@ -29,11 +29,10 @@ import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
-from pydantic import ValidationError
 
 from vpcbus_proto import names, subjects
 from vpcbus_proto.errors import MAX_PAYLOAD_ECHO, ErrorEvent
-from vpcbus_proto.status import MemberStatus, ServiceStatus
+from vpcbus_proto.status import MemberStatus, ServiceStatus, parse_status
 from vpcbus_proto.subjects import ServiceName
 from vpcbus_runtime import intake
 from vpcbus_runtime.errors import PermanentError, TemporaryError
@@ -307,11 +306,8 @@ class Controller:
         """False only when the reconciler says this peer status cannot change its result."""
         if self._wants_peer is None or not msg.data:
             return True
-        try:
-            status = ServiceStatus.model_validate_json(msg.data)
-        except ValidationError:
-            return True
-        return self._wants_peer(status)
+        status = parse_status(msg.subject, msg.data)
+        return status is None or self._wants_peer(status)  # a bad one: the reconcile reads it
 
     async def _on_event(self, msg: Msg) -> None:
         meta = msg.metadata

@@ -10,13 +10,16 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import nats.errors
+import structlog
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from vpcbus_proto import names, subjects
-from vpcbus_proto.status import ServiceStatus
+from vpcbus_proto.status import ServiceStatus, parse_status
 from vpcbus_proto.subjects import ServiceName
 from vpcbus_runtime.reconciling import Result
+
+log = structlog.get_logger()
 
 
 class StatusPublisher:
@@ -97,4 +100,7 @@ class StreamPeers:
             return None  # no such status, or no status stream yet
         if not msg.data:
             return None
-        return ServiceStatus.model_validate_json(msg.data)
+        status = parse_status(msg.subject or "", msg.data)
+        if status is None:
+            log.warning("malformed status ignored", subject=msg.subject)
+        return status

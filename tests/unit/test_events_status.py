@@ -21,6 +21,7 @@ from vpcbus_proto.status import (
     ExternalAddress,
     ServiceStatus,
     State,
+    parse_status,
     project_deleted,
     project_ready,
 )
@@ -231,3 +232,33 @@ def test_error_event_wire_form() -> None:
     assert ErrorEvent.model_validate(wire) == err
     with pytest.raises(ValidationError):
         ErrorEvent.model_validate({**wire, "kind": "fatal"})
+
+
+def _status() -> ServiceStatus:
+    return ServiceStatus(
+        service="vpc",
+        organization="acme",
+        project="shop",
+        namespace="acme-shop",
+        generation=1,
+        state="Ready",
+        reason="Converged",
+        observed_at=datetime.now(UTC),
+    )
+
+
+def test_parse_status_believes_a_status_only_on_its_own_subject() -> None:
+    good = _status()
+    body = good.model_dump_json(by_alias=True).encode()
+    assert parse_status("vpcbus.status.vpc.acme.shop", body) == good
+    assert parse_status("vpcbus.status.nat.acme.shop", body) is None  # another service's
+    assert parse_status("vpcbus.status.vpc.acme.other", body) is None  # another project's
+    assert parse_status("vpcbus.status.vpc.acme.shop", b"not json {") is None
+    assert parse_status("vpcbus.status.vpc.acme.shop", b'{"service": "vpc"}') is None
+    assert parse_status("vpcbus.status.vpc.acme.shop", b"") is None
+
+
+@settings(max_examples=200)
+@given(st.binary(max_size=300))
+def test_parse_status_never_raises(data: bytes) -> None:
+    assert parse_status("vpcbus.status.vpc.acme.shop", data) is None
