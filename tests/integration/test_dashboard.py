@@ -22,15 +22,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import ServiceProcs
 from tests.integration import browsing
 from tests.integration.helpers import create_ready, eventually, spec
 from vpcbus.client import Client, member_at
+from vpcbus.embedded import commands
 from vpcbus.embedded.natsd import NatsServer
 from vpcbus_proto import subjects
 from vpcbus_proto.members import EipSpec
 from vpcbus_proto.status import ExternalAddress
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = [pytest.mark.connected, pytest.mark.slow]
 
@@ -54,11 +58,12 @@ def dashboard(
     home = tmp_path_factory.mktemp("dashboard")
     log = home / "dashboard.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "vpcbus", "--home", str(home / "home"),
-             "dashboard", "--port", "0", "--keepalive", "1"],
-            env={**os.environ, "NATS_URL": nats_server.url}, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        # The argv of compose's dashboard service (tests/static/test_compose.py compares them).
+        argv = commands.dashboard_argv(
+            host="127.0.0.1", port=0, keepalive=1, vpcbus=Path(sys.executable).parent / "vpcbus"
+        )
+        env = {**os.environ, "NATS_URL": nats_server.url, "VPCBUS_HOME": str(home / "home")}
+        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 20
         while "http://" not in log.read_text():
@@ -262,3 +267,20 @@ async def create_eip(client: Client, eip: EipSpec) -> ExternalAddress:
     address = facts.eip(eip.name) if facts is not None else None
     assert address is not None and address.ready, got["ipam"]
     return address
+
+
+def test_the_compose_healthcheck_passes_against_the_dashboard(dashboard: Dashboard) -> None:
+    """The dashboard container's healthcheck, pointed at this test's port, run for real."""
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    test = compose["services"]["dashboard"]["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "python", "-c"]
+    script = test[3].replace(":8080/", f":{dashboard.port}/")
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    broken = script.replace("/api/state", "/nope")
+    done = subprocess.run(
+        [sys.executable, "-c", broken], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode != 0  # the probe can fail

@@ -29,7 +29,7 @@ COMPOSE_FILE = ROOT / "compose.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
 REQUIREMENTS = ROOT / "requirements.txt"
 
-BUILT_IMAGE_SERVICES = ("ovn-central", "chassis", *commands.SERVICES)
+BUILT_IMAGE_SERVICES = ("ovn-central", "chassis", "dashboard", *commands.SERVICES)
 ALL_SERVICES = ("nats", *BUILT_IMAGE_SERVICES)
 
 
@@ -81,6 +81,9 @@ def fixture_argvs(tmp: Path) -> dict[str, list[str]]:
             sb_db="tcp:127.0.0.1:40126",
             name="vpcbus-chassis-1",
             vpcbus=Path(sys.executable).parent / "vpcbus",
+        ),
+        "dashboard": commands.dashboard_argv(
+            host="127.0.0.1", port=0, keepalive=1, vpcbus=Path(sys.executable).parent / "vpcbus"
         ),
         **{name: commands.service_argv(name, python=sys.executable) for name in commands.SERVICES},
     }
@@ -251,6 +254,20 @@ def test_chassis_registers_as_the_gateway_chassis_in_the_compose_sb() -> None:
     assert chassis["privileged"] is True and chassis["user"] == "0:0"  # netns, veths, OVS
     assert chassis["environment"]["NATS_URL"] == "nats://nats:4222"  # vm create's addresses
     assert set(chassis["depends_on"]) == {"nats", "ovn-central"}
+
+
+def test_dashboard_listens_on_its_published_port_and_probes_it() -> None:
+    dashboard = SERVICES["dashboard"]
+    port = option(dashboard["command"], "--port")
+    assert option(dashboard["command"], "--host") == "0.0.0.0"  # reachable through the mapping
+    assert dashboard["ports"] == [f"127.0.0.1:{port}:{port}"]
+    script = dashboard["healthcheck"]["test"][3]
+    compile(script, "<dashboard healthcheck>", "exec")
+    assert (
+        f"http://127.0.0.1:{port}/api/state" in script
+    )  # tests/integration/test_dashboard.py runs it
+    assert dashboard["environment"]["NATS_URL"] == "nats://nats:4222"
+    assert set(dashboard["depends_on"]) == {"nats"}
 
 
 # -- the Dockerfile ----------------------------------------------------------------------------

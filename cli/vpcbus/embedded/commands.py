@@ -98,6 +98,14 @@ def chassis_argv(
     return [os.fspath(vpcbus), "chassis", "--sb-db", sb_db, "--name", name]
 
 
+def dashboard_argv(
+    *, host: str, port: int, keepalive: int = 15, vpcbus: StrPath = VPCBUS
+) -> list[str]:
+    """``vpcbus dashboard``: the live web page of the bus, served on ``host:port``."""
+    return [os.fspath(vpcbus), "dashboard", "--host", host, "--port", str(port),
+            "--keepalive", str(keepalive)]  # fmt: skip
+
+
 # -- comparing command lines by shape -------------------------------------------------------
 
 _REMOTE = re.compile(r"^p?(tcp|ssl|unix):")
