@@ -106,7 +106,9 @@ def pools(draw: st.DrawFn) -> Pool:
     gateway = network.network_address + draw(st.integers(1, size - 2))  # usable addresses only
     excludes = []  # single addresses and ranges, possibly reaching outside the network
     for _ in range(draw(st.integers(0, 3))):
-        first = max(int(network.network_address) + draw(st.integers(-4, size + 4)), 0)
+        first = min(
+            max(int(network.network_address) + draw(st.integers(-4, size + 4)), 0), 2**32 - 1
+        )
         last = min(first + draw(st.integers(0, 8)), 2**32 - 1)
         excludes.append(
             f"{IPv4Address(first)}..{IPv4Address(last)}"
