@@ -67,7 +67,7 @@ class Board:
             return self._usage(subject, data, when, seq)
         if kind in ("error", "dlq"):
             return self._error(subject, data, when, seq)
-        if subject.split(".", 1)[0] in ("project", "workload", "eip"):
+        if f"{subject.split('.', 1)[0]}.*" in subjects.EVENT_SUBJECTS:
             return self._event(subject, data, when, seq)
         return None
 

@@ -23,6 +23,8 @@ from vpcbus_proto import errors, events, schemas, status, subjects
 from vpcbus_proto.events import (
     EipCreated,
     EipDeleted,
+    FipCreated,
+    FipDeleted,
     ProjectDeleted,
     ProjectUpserted,
     WorkloadAttached,
@@ -39,10 +41,12 @@ EVENT_MODELS: Final[dict[str, type[BaseModel]]] = {
     subjects.WORKLOAD_DETACHED: WorkloadDetached,
     subjects.EIP_CREATED: EipCreated,
     subjects.EIP_DELETED: EipDeleted,
+    subjects.FIP_CREATED: FipCreated,
+    subjects.FIP_DELETED: FipDeleted,
 }
 #: The event families each service consumes (its reconciler's ``consumes``).
 CONSUMES: Final[dict[ServiceName, tuple[EventFamily, ...]]] = {
-    "ipam": ("project", "workload", "eip"),
+    "ipam": ("project", "workload", "eip", "fip"),
     "vpc": ("project",),
     "nat": ("project",),
     "dns": ("project",),

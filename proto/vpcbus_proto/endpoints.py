@@ -108,10 +108,10 @@ SCHEMAS: Final[dict[str, Any]] = {
             },
             "members": {
                 "type": "object",
-                "description": "The project's members (NICs, EIPs) the service knows, by member "
-                "key (`workload.<kind>.<name>.<interface>`, `eip.<name>`); a member without "
-                "`workload` and `eip` was removed (a tombstone). Empty for services that "
-                "consume no member events.",
+                "description": "The project's members (NICs, EIPs, FIPs) the service knows, by "
+                "member key (`workload.<kind>.<name>.<interface>`, `eip.<name>`, `fip.<name>`); "
+                "one without `workload`, `eip` and `fip` was removed (a tombstone). Empty for "
+                "services that consume no member events.",
                 "additionalProperties": {
                     "type": "object",
                     "properties": {
@@ -122,6 +122,7 @@ SCHEMAS: Final[dict[str, Any]] = {
                         "event_id": _string(),
                         "workload": _nullable_ref("WorkloadSpec"),
                         "eip": _nullable_ref("EipSpec"),
+                        "fip": _nullable_ref("FipSpec"),
                         "deleted_at": {"type": ["string", "null"], "format": "date-time"},
                     },
                     "required": ["organization", "project", "member", "generation", "event_id"],

@@ -15,7 +15,7 @@ from typing import Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from vpcbus_proto import subjects
-from vpcbus_proto.members import EipRef, EipSpec, WorkloadRef, WorkloadSpec
+from vpcbus_proto.members import EipRef, EipSpec, FipRef, FipSpec, WorkloadRef, WorkloadSpec
 from vpcbus_proto.projects import ProjectRef, ProjectSpec
 
 DataT = TypeVar("DataT", bound=BaseModel)
@@ -72,6 +72,15 @@ class EipCreated(CloudEvent[EipSpec]):
 
 class EipDeleted(CloudEvent[EipRef]):
     """``eip.deleted``: the EIP's address goes back to its pool (after quarantine)."""
+
+
+class FipCreated(CloudEvent[FipSpec]):
+    """``fip.created``: a floating IP (Kube-DC ``FIp``); re-published with a higher
+    ``generation`` it changes the FIP (a new target; its EIP source is immutable)."""
+
+
+class FipDeleted(CloudEvent[FipRef]):
+    """``fip.deleted``: the NAT rule goes; an EIP the FIP allocated goes back to its pool."""
 
 
 def new_event(

@@ -1,12 +1,12 @@
-"""Things that live inside a project: workload NICs (VMs, pods) and user EIPs.
+"""Things that live inside a project: workload NICs (VMs, pods), user EIPs, floating IPs.
 
 A *member* belongs to exactly one project and has its own lifecycle events
-(``workload.attached|detached``, ``eip.created|deleted``). Services record members next to
-their project and reconcile the project as a whole, so a member event for a project that
-does not exist yet simply waits for it.
+(``workload.attached|detached``, ``eip.created|deleted``, ``fip.created|deleted``). Services
+record members next to their project and reconcile the project as a whole, so a member
+event for a project that does not exist yet simply waits for it.
 
 A member is named in subjects, KV keys and statuses by its :func:`member_key`:
-``workload.<kind>.<name>.<interface>`` or ``eip.<name>``.
+``workload.<kind>.<name>.<interface>``, ``eip.<name>`` or ``fip.<name>``.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ import ipaddress
 import re
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from vpcbus_proto import names
 from vpcbus_proto.projects import ProjectRef, _Model
 
 WorkloadKind = Literal["vm", "pod"]
-MemberKind = Literal["workload", "eip"]
+MemberKind = Literal["workload", "eip", "fip"]
 
 #: Kube-DC VMs attach to the project network as interface ``default``.
 DEFAULT_INTERFACE = "default"
@@ -114,6 +114,73 @@ class EipSpec(EipRef):
     )
 
 
+class FipRef(_InProject):
+    """A floating IP in a project (Kube-DC ``FIp``): 1:1 NAT of an external address to one
+    internal address, all ports, both ways."""
+
+    name: names.Label = Field(description="FIP name (DNS-1123 label).")
+
+    @property
+    def member(self) -> str:
+        return fip_member(self.name)
+
+
+class VmTarget(_Model):
+    """A VM's interface as a FIP target (Kube-DC ``spec.vmTarget``)."""
+
+    vm_name: names.Label = Field(description="VM name in the same project.")
+    interface_name: names.Label | None = Field(
+        default=None, description=f"Interface; {DEFAULT_INTERFACE!r} when omitted."
+    )
+
+    @property
+    def holder(self) -> str:
+        """The NIC's address holder, as IPAM names it (``vm/<name>/<interface>``)."""
+        return f"vm/{self.vm_name}/{self.interface_name or DEFAULT_INTERFACE}"
+
+
+class FipSpec(FipRef):
+    """``fip.created``: what to expose and on which external address.
+
+    The target is ``ip_address`` (any address of the project subnet) or ``vm_target``; the
+    external address is the existing user EIP ``eip`` (taken exclusively), or one IPAM
+    allocates for the FIP on ``external_network_type`` (the platform default when neither is
+    given), named ``fip-<name>-<5 chars>`` and released with the FIP. The rules and messages
+    are Kube-DC's CRD validation rules.
+    """
+
+    ip_address: str | None = Field(default=None, description="Target address (IPv4).")
+    vm_target: VmTarget | None = Field(default=None, description="Target VM interface.")
+    eip: names.Label | None = Field(default=None, description="An existing EIP of the project.")
+    external_network_type: names.Label | None = Field(
+        default=None, description="External network of the FIP's own EIP."
+    )
+
+    @field_validator("ip_address")
+    @classmethod
+    def _valid_ip(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return str(ipaddress.IPv4Address(value))
+        except ValueError:
+            raise ValueError(f"ipAddress {value!r} is not an IPv4 address") from None
+
+    @model_validator(mode="after")
+    def _one_target_one_source(self) -> FipSpec:
+        if self.ip_address is not None and self.vm_target is not None:
+            raise ValueError("ipAddress and vmTarget cannot be set at the same time")
+        if self.ip_address is None and self.vm_target is None:
+            raise ValueError("either ipAddress or vmTarget must be specified")
+        if self.eip is not None and self.external_network_type is not None:
+            raise ValueError("eip and externalNetworkType cannot be set at the same time")
+        return self
+
+
+def fip_member(name: str) -> str:
+    return f"fip.{name}"
+
+
 def workload_member(kind: str, name: str, interface: str) -> str:
     return f"workload.{kind}.{name}.{interface}"
 
@@ -130,6 +197,8 @@ def parse_member(member: str) -> tuple[MemberKind, tuple[str, ...]]:
         return "workload", parts[1:]
     if parts[0] == "eip" and len(parts) == 2 and names.is_label(parts[1]):
         return "eip", parts[1:]
+    if parts[0] == "fip" and len(parts) == 2 and names.is_label(parts[1]):
+        return "fip", parts[1:]
     raise ValueError(f"not a member key: {member!r}")
 
 

@@ -32,6 +32,8 @@ from vpcbus_proto.errors import ErrorEvent
 from vpcbus_proto.events import (
     EipCreated,
     EipDeleted,
+    FipCreated,
+    FipDeleted,
     ProjectDeleted,
     ProjectUpserted,
     WorkloadAttached,
@@ -47,6 +49,8 @@ MODELS: dict[str, type[BaseModel]] = {
     "WorkloadDetached": WorkloadDetached,  # workload.detached
     "EipCreated": EipCreated,  # eip.created
     "EipDeleted": EipDeleted,  # eip.deleted
+    "FipCreated": FipCreated,  # fip.created
+    "FipDeleted": FipDeleted,  # fip.deleted
     "ServiceStatus": ServiceStatus,  # vpcbus.status.<service>.<org>.<project>
     "PoolUsage": PoolUsage,  # vpcbus.usage.pool.<pool>
     "ErrorEvent": ErrorEvent,  # vpcbus.error.> and vpcbus.dlq.>
@@ -54,7 +58,16 @@ MODELS: dict[str, type[BaseModel]] = {
 
 #: Messages that users publish and services validate; the others are published by services.
 INBOUND: frozenset[type[BaseModel]] = frozenset(
-    {ProjectUpserted, ProjectDeleted, WorkloadAttached, WorkloadDetached, EipCreated, EipDeleted}
+    {
+        ProjectUpserted,
+        ProjectDeleted,
+        WorkloadAttached,
+        WorkloadDetached,
+        EipCreated,
+        EipDeleted,
+        FipCreated,
+        FipDeleted,
+    }
 )
 
 #: Where the committed schemas live (shipped as package data).

@@ -52,6 +52,20 @@ class WorkloadAddress(_Model):
     static: bool = Field(default=False, description="The address was requested.")
 
 
+class FloatingIp(_Model):
+    """A FIP as IPAM resolves it (Kube-DC ``FIp`` status): NAT and DNS act on ready ones."""
+
+    name: str
+    eip: str = Field(description="The EIP it uses (its own `fip-<name>-xxxxx` or a user EIP).")
+    external_ip: str = Field(default="", description="The EIP's address; empty until known.")
+    target_ip: str = Field(default="", description="The resolved internal address.")
+    vm_name: str = Field(default="", description="With vmTarget: the VM.")
+    interface: str = Field(default="", description="With vmTarget: its interface.")
+    mac_address: str = Field(default="", description="With vmTarget: the NIC's MAC.")
+    ready: bool
+    reason: str = Field(default="", description="Why it is not ready, e.g. TargetNotFound.")
+
+
 class Usage(_Model):
     """Accounting of one address space (a project subnet or an external pool)."""
 
@@ -92,10 +106,14 @@ class AddressFacts(_Model):
     gateway_ip: str = Field(description="Router address inside the project subnet.")
     eips: list[ExternalAddress] = Field(default_factory=list)
     workloads: list[WorkloadAddress] = Field(default_factory=list)
+    fips: list[FloatingIp] = Field(default_factory=list)
     subnet: Usage | None = Field(default=None, description="Accounting of cidrBlock.")
 
     def eip(self, name: str) -> ExternalAddress | None:
         return next((e for e in self.eips if e.name == name), None)
+
+    def fip(self, name: str) -> FloatingIp | None:
+        return next((f for f in self.fips if f.name == name), None)
 
 
 class ServiceStatus(_Model):

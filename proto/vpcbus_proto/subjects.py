@@ -5,6 +5,7 @@ Lifecycle events (users publish; stream ``VPCBUS_EVENTS``)::
     project.created | project.updated | project.deleted
     workload.attached | workload.detached        (a VM or pod NIC in a project)
     eip.created | eip.deleted                    (a user EIP in a project)
+    fip.created | fip.deleted                    (a floating IP in a project)
 
 Status (services publish; stream ``VPCBUS_STATUS`` keeps the last message per subject)::
 
@@ -38,16 +39,20 @@ WORKLOAD_ATTACHED: Final = "workload.attached"
 WORKLOAD_DETACHED: Final = "workload.detached"
 EIP_CREATED: Final = "eip.created"
 EIP_DELETED: Final = "eip.deleted"
+FIP_CREATED: Final = "fip.created"
+FIP_DELETED: Final = "fip.deleted"
 #: Member events: things inside a project, each with its own lifecycle.
-MEMBER_EVENTS: Final = (WORKLOAD_ATTACHED, WORKLOAD_DETACHED, EIP_CREATED, EIP_DELETED)
+MEMBER_EVENTS: Final = (
+    WORKLOAD_ATTACHED, WORKLOAD_DETACHED, EIP_CREATED, EIP_DELETED, FIP_CREATED, FIP_DELETED,
+)  # fmt: skip
 #: Member events that remove the member.
-MEMBER_REMOVALS: Final = (WORKLOAD_DETACHED, EIP_DELETED)
+MEMBER_REMOVALS: Final = (WORKLOAD_DETACHED, EIP_DELETED, FIP_DELETED)
 
 #: Event families a service may consume; each is ``<family>.*`` on the events stream.
-EventFamily = Literal["project", "workload", "eip"]
+EventFamily = Literal["project", "workload", "eip", "fip"]
 
-#: Subjects captured by the events stream (later issues add fip and service).
-EVENT_SUBJECTS: Final = ["project.*", "workload.*", "eip.*"]
+#: Subjects captured by the events stream (a later issue adds service).
+EVENT_SUBJECTS: Final = ["project.*", "workload.*", "eip.*", "fip.*"]
 STATUS_SUBJECTS: Final = ["vpcbus.status.>", "vpcbus.usage.>"]
 ERROR_SUBJECTS: Final = ["vpcbus.error.>", "vpcbus.dlq.>"]
 

@@ -374,6 +374,7 @@ class Controller:
             event_id=ev.event_id,
             workload=ev.workload,
             eip=ev.eip,
+            fip=ev.fip,
         )
         if fold is Fold.STALE:
             self.counters.stale += 1

@@ -18,12 +18,14 @@ from vpcbus_proto.events import (
     CloudEvent,
     EipCreated,
     EipDeleted,
+    FipCreated,
+    FipDeleted,
     ProjectDeleted,
     ProjectUpserted,
     WorkloadAttached,
     WorkloadDetached,
 )
-from vpcbus_proto.members import EipRef, EipSpec, WorkloadRef, WorkloadSpec
+from vpcbus_proto.members import EipRef, EipSpec, FipRef, FipSpec, WorkloadRef, WorkloadSpec
 from vpcbus_proto.projects import ProjectSpec
 
 
@@ -38,7 +40,7 @@ class Accepted:
 
 @dataclass(frozen=True)
 class AcceptedMember:
-    """A member event: ``workload``/``eip`` is None for a removal."""
+    """A member event: ``workload``/``eip``/``fip`` is None for a removal."""
 
     organization: str
     name: str  # the project
@@ -47,6 +49,7 @@ class AcceptedMember:
     generation: int | None
     workload: WorkloadSpec | None = None
     eip: EipSpec | None = None
+    fip: FipSpec | None = None
 
 
 _MODELS: dict[str, type[CloudEvent[Any]]] = {
@@ -57,6 +60,8 @@ _MODELS: dict[str, type[CloudEvent[Any]]] = {
     subjects.WORKLOAD_DETACHED: WorkloadDetached,
     subjects.EIP_CREATED: EipCreated,
     subjects.EIP_DELETED: EipDeleted,
+    subjects.FIP_CREATED: FipCreated,
+    subjects.FIP_DELETED: FipDeleted,
 }
 
 
@@ -134,7 +139,7 @@ def decode(subject: str, data: bytes) -> Accepted | AcceptedMember | Rejected:
             data_org,
             data_project,
         )
-    if isinstance(event.data, WorkloadRef | EipRef):
+    if isinstance(event.data, WorkloadRef | EipRef | FipRef):
         return AcceptedMember(
             data_org,
             data_project,
@@ -143,6 +148,7 @@ def decode(subject: str, data: bytes) -> Accepted | AcceptedMember | Rejected:
             event.generation,
             workload=event.data if isinstance(event.data, WorkloadSpec) else None,
             eip=event.data if isinstance(event.data, EipSpec) else None,
+            fip=event.data if isinstance(event.data, FipSpec) else None,
         )
     spec = event.data if isinstance(event.data, ProjectSpec) else None
     return Accepted(data_org, data_project, event.id, event.generation, spec)

@@ -20,7 +20,7 @@ from nats.js.kv import KeyValue
 from pydantic import BaseModel, ConfigDict
 
 from vpcbus_proto import names
-from vpcbus_proto.members import EipSpec, WorkloadSpec
+from vpcbus_proto.members import EipSpec, FipSpec, WorkloadSpec
 from vpcbus_runtime.kvcas import delete_if
 from vpcbus_runtime.kvmirror import mirror
 from vpcbus_runtime.records import Fold
@@ -40,11 +40,12 @@ class MemberRecord(BaseModel):
     event_id: str
     workload: WorkloadSpec | None = None
     eip: EipSpec | None = None
+    fip: FipSpec | None = None
     deleted_at: datetime | None = None
 
     @property
     def deleted(self) -> bool:
-        return self.workload is None and self.eip is None
+        return self.workload is None and self.eip is None and self.fip is None
 
 
 def member_kv_key(project_key: str, member: str) -> str:
@@ -114,6 +115,7 @@ class MemberIndex:
         event_id: str,
         workload: WorkloadSpec | None = None,
         eip: EipSpec | None = None,
+        fip: FipSpec | None = None,
     ) -> tuple[Fold, MemberRecord | None]:
         """Fold one member event in (compare-and-set on the cached revision)."""
         await self.ready.wait()
@@ -138,7 +140,8 @@ class MemberIndex:
                 event_id=event_id,
                 workload=workload,
                 eip=eip,
-                deleted_at=datetime.now(UTC) if workload is None and eip is None else None,
+                fip=fip,
+                deleted_at=None if workload or eip or fip else datetime.now(UTC),
             )
             payload = record.model_dump_json().encode()
             try:

@@ -25,6 +25,8 @@ from vpcbus_proto.errors import ErrorEvent
 from vpcbus_proto.events import (
     EipCreated,
     EipDeleted,
+    FipCreated,
+    FipDeleted,
     ProjectDeleted,
     ProjectUpserted,
     WorkloadAttached,
@@ -89,7 +91,8 @@ def test_committed_schema_is_a_valid_draft_2020_12_schema(name: str) -> None:
 
 def test_every_message_on_the_bus_has_a_schema() -> None:
     inbound = {
-        ProjectUpserted, ProjectDeleted, WorkloadAttached, WorkloadDetached, EipCreated, EipDeleted
+        ProjectUpserted, ProjectDeleted, WorkloadAttached, WorkloadDetached, EipCreated, EipDeleted,
+        FipCreated, FipDeleted,
     }  # fmt: skip
     assert set(MODELS.values()) == inbound | {ServiceStatus, ErrorEvent, PoolUsage}
     assert inbound == INBOUND

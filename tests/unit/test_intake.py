@@ -17,7 +17,15 @@ from hypothesis import strategies as st
 
 from vpcbus_proto import subjects
 from vpcbus_proto.events import MAX_EVENT_BYTES, ProjectDeleted, ProjectUpserted, new_event
-from vpcbus_proto.members import EipRef, EipSpec, WorkloadRef, WorkloadSpec
+from vpcbus_proto.members import (
+    EipRef,
+    EipSpec,
+    FipRef,
+    FipSpec,
+    VmTarget,
+    WorkloadRef,
+    WorkloadSpec,
+)
 from vpcbus_proto.projects import ProjectRef, ProjectSpec
 from vpcbus_runtime.intake import Accepted, AcceptedMember, Rejected, decode
 
@@ -342,12 +350,17 @@ def test_generation_must_be_a_json_integer(generation: object) -> None:
     assert "generation" in result.message
 
 
-# -- member events: workload.attached|detached, eip.created|deleted ---------------------------
+# -- member events: workload.attached|detached, eip.created|deleted, fip.created|deleted ------
 
 NIC = WorkloadSpec(organization="acme", project="shop", kind="vm", name="ubuntu", ip="10.0.0.9")
 NIC_REF = WorkloadRef(organization="acme", project="shop", kind="vm", name="ubuntu")
 EIP = EipSpec(organization="acme", project="shop", name="web", external_network_type="public")
 EIP_REF = EipRef(organization="acme", project="shop", name="web")
+FIP = FipSpec(
+    organization="acme", project="shop", name="ssh", vm_target=VmTarget(vm_name="ubuntu"),
+    eip="web",
+)  # fmt: skip
+FIP_REF = FipRef(organization="acme", project="shop", name="ssh")
 
 
 def member_body(subject: str, **changes: object) -> dict[str, Any]:
@@ -357,6 +370,8 @@ def member_body(subject: str, **changes: object) -> dict[str, Any]:
         subjects.WORKLOAD_DETACHED: NIC_REF,
         subjects.EIP_CREATED: EIP,
         subjects.EIP_DELETED: EIP_REF,
+        subjects.FIP_CREATED: FIP,
+        subjects.FIP_DELETED: FIP_REF,
     }[subject]
     body = new_event(subject, data, generation=3, event_id="m-1")
     body["data"] |= changes
@@ -370,10 +385,13 @@ def member_body(subject: str, **changes: object) -> dict[str, Any]:
         (subjects.WORKLOAD_DETACHED, {}),
         (subjects.EIP_CREATED, {"eip": EIP}),
         (subjects.EIP_DELETED, {}),
+        (subjects.FIP_CREATED, {"fip": FIP}),
+        (subjects.FIP_DELETED, {}),
     ],
 )
 def test_member_events_are_accepted(subject: str, expected: dict[str, Any]) -> None:
-    member = "eip.web" if subject.startswith("eip.") else "workload.vm.ubuntu.default"
+    family = subject.split(".")[0]
+    member = {"eip": "eip.web", "fip": "fip.ssh"}.get(family, "workload.vm.ubuntu.default")
     assert decode(subject, encode(member_body(subject))) == AcceptedMember(
         "acme", "shop", member, "m-1", 3, **expected
     )
@@ -400,6 +418,29 @@ def test_a_requested_mac_is_normalised() -> None:
         (subjects.WORKLOAD_DETACHED, {"mac": "0a:00:00:00:00:01"}, "data.mac: Extra inputs"),
         (subjects.EIP_DELETED, {"externalNetworkType": "cloud"}, "data.externalNetworkType"),
         (subjects.EIP_CREATED, {"externalNetworkType": "Pub"}, "data.externalNetworkType"),
+        # Kube-DC's FIp validation rules, with its messages
+        (
+            subjects.FIP_CREATED,
+            {"ipAddress": "10.0.0.5"},
+            "ipAddress and vmTarget cannot be set at the same time",
+        ),
+        (
+            subjects.FIP_CREATED,
+            {"vmTarget": None},
+            "either ipAddress or vmTarget must be specified",
+        ),
+        (
+            subjects.FIP_CREATED,
+            {"externalNetworkType": "cloud"},
+            "eip and externalNetworkType cannot be set at the same time",
+        ),
+        (
+            subjects.FIP_CREATED,
+            {"vmTarget": None, "ipAddress": "10.0.0.300"},
+            "ipAddress '10.0.0.300' is not an IPv4 address",
+        ),
+        (subjects.FIP_CREATED, {"vmTarget": {"vmName": "Ubuntu"}}, "data.vmTarget.vmName"),
+        (subjects.FIP_DELETED, {"eip": "web"}, "data.eip: Extra inputs are not"),
     ],
 )
 def test_invalid_member_specs_name_the_project_and_the_field(

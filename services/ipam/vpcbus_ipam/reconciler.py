@@ -182,7 +182,7 @@ def _allocated(
 class IpamReconciler:
     watches: Sequence[ServiceName] = ("vpc",)
     purge_after: Sequence[ServiceName] = ()
-    consumes: Sequence[EventFamily] = ("project", "workload", "eip")
+    consumes: Sequence[EventFamily] = ("project", "workload", "eip", "fip")
     #: A project is reconciled as a whole, so a run costs time in proportion to its NICs:
     #: under a burst, a project that was just reconciled waits 50 times as long as that run
     #: took (at most 1 s) and takes the events of that time in one run (the work queue's
