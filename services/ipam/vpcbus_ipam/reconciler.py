@@ -24,11 +24,12 @@ from vpcbus_ipam.addresses import AddressBook, Binding, ip_of, namespace_key
 from vpcbus_ipam.allocator import AllocationError, SpaceView
 from vpcbus_ipam.pools import Pool, overlapping_pool, project_subnet
 from vpcbus_proto import names
-from vpcbus_proto.members import EipSpec, WorkloadSpec, parse_member
+from vpcbus_proto.members import DEFAULT_INTERFACE, EipSpec, FipSpec, WorkloadSpec, parse_member
 from vpcbus_proto.projects import ProjectSpec
 from vpcbus_proto.status import (
     AddressFacts,
     ExternalAddress,
+    FloatingIp,
     MemberStatus,
     ServiceStatus,
     Usage,
@@ -71,6 +72,18 @@ def eip_holder(project_key: str, name: str) -> str:
     return f"project/{project_key}/eip/{name}"
 
 
+def fip_holder(project_key: str, name: str) -> str:
+    """The holder of the EIP a FIP allocated for itself."""
+    return f"project/{project_key}/fip/{name}"
+
+
+def fip_eip_name(project_key: str, fip: str) -> str:
+    """The name of a FIP's own EIP, ``fip-<fip>-<5 chars>`` as Kube-DC names it; the suffix
+    is derived from the project and FIP (stable across replicas and restarts), not random."""
+    digest = hashlib.sha256(f"{project_key}/{fip}".encode()).hexdigest()
+    return f"fip-{fip}-{digest[:5]}"
+
+
 def workload_mac(namespace: str, holder: str) -> str:
     """A stable, locally administered unicast MAC for a NIC that asked for none."""
     digest = hashlib.sha256(f"{namespace}/{holder}".encode()).digest()
@@ -108,6 +121,7 @@ class _Members:
 
     workloads: list[WorkloadAddress] = field(default_factory=list)
     eips: list[ExternalAddress] = field(default_factory=list)
+    fips: list[FloatingIp] = field(default_factory=list)
     states: list[MemberStatus] = field(default_factory=list)
     swept: list[str] = field(default_factory=list)
     retry: bool = False
@@ -294,6 +308,7 @@ class IpamReconciler:
             gateway_ip=str(spec.gateway),
             eips=[eip, *members.eips],
             workloads=members.workloads,
+            fips=members.fips,
             subnet=self.usage(subnet),
         )
         message = f"{GATEWAY_EIP} {gw.ip} on {pool.name}"
@@ -390,19 +405,28 @@ class IpamReconciler:
             jobs.append(self._eip(out, ctx.key, rec, rec.eip))
         for i in range(0, len(jobs), PIPELINE):
             await asyncio.gather(*jobs[i : i + PIPELINE])
+        fips = {r.fip.name: r for r in live.values() if r.fip is not None}
+        fip_holders: set[str] = set()
+        claimed: dict[str, str] = {}  # user EIP -> the FIP that has it (exclusive)
+        for _name, rec in sorted(fips.items()):
+            assert rec.fip is not None
+            own = await self._fip(out, ctx.key, subnet, rec, rec.fip, claimed)
+            if own is not None:
+                fip_holders.add(own)
         memo.nics, memo.change = kept, change
         tombstones = []
         for member, rec in ctx.members.items():
             if rec.deleted:
                 out.state(rec, "Deleted", "Released")
                 tombstones.append(member)
-        eip_holders = {eip_holder(ctx.key, n) for n in eips}
+        eip_holders = {eip_holder(ctx.key, n) for n in eips} | fip_holders
         gone = frozenset(tombstones)
         if memo.sweep_due(set(nics) | eip_holders, gone):
             due = await self._sweep(out, ctx, subnet, set(nics), eip_holders)
             memo.swept(frozenset(nics) | eip_holders, gone, due)
         out.workloads.sort(key=lambda w: int(ip_of(w.ip_address)))
         out.eips.sort(key=lambda e: e.name)
+        out.fips.sort(key=lambda f: f.name)
         out.states.sort(key=lambda m: m.member)  # a stable status: republished on change only
         return out
 
@@ -468,6 +492,97 @@ class IpamReconciler:
         out.eips.append(_external(spec.name, bound, pool, ownership="Released", owners=[]))
         out.state(rec, "Ready", "Allocated", f"{bound.ip} on {pool.name}")
 
+    async def _fip(
+        self,
+        out: _Members,
+        key: str,
+        subnet: Pool,
+        rec: MemberRecord,
+        spec: FipSpec,
+        claimed: dict[str, str],
+    ) -> str | None:
+        """Resolve a FIP's target and external address (after the NICs and EIPs of the run).
+
+        Returns the holder of the FIP's own EIP when it has or wants one (the sweep keeps it).
+        Not ready (member Error, with an error event) while the target or the EIP is missing;
+        a later reconcile of the project (a NIC attached, an EIP freed) makes it ready."""
+        target_ip, vm, iface, mac = "", "", "", ""
+        problem: tuple[str, str] | None = None
+        if spec.vm_target is not None:
+            vm = spec.vm_target.vm_name
+            iface = spec.vm_target.interface_name or DEFAULT_INTERFACE
+            nic = next((w for w in out.workloads if w.kind == "vm" and w.name == vm
+                        and w.interface == iface), None)  # fmt: skip
+            if nic is None:
+                problem = ("TargetNotFound", f"VM {vm} has no address on interface {iface}")
+            else:
+                target_ip, mac = nic.ip_address, nic.mac_address
+        else:
+            assert spec.ip_address is not None
+            target_ip = spec.ip_address
+            if ip_of(target_ip) not in subnet.network:
+                problem = ("TargetOutOfSubnet", f"{target_ip} is outside {subnet.network}")
+            elif subnet.reserved(ip_of(target_ip)):
+                problem = ("TargetReserved", f"{target_ip} is reserved in {subnet.network}")
+        own: str | None = None
+        external: ExternalAddress | None = None
+        eip_name = spec.eip or fip_eip_name(key, spec.name)
+        if spec.eip is not None:
+            if spec.eip == GATEWAY_EIP:
+                problem = problem or ("EipReserved", f"{GATEWAY_EIP} is shared by the project's "
+                                      "SNAT; a FIP needs an EIP of its own")  # fmt: skip
+            else:
+                external = next((e for e in out.eips if e.name == spec.eip), None)
+                other = claimed.setdefault(spec.eip, spec.name)
+                if external is None or not external.ready:
+                    problem = problem or ("EipNotFound", f"no ready EIP {spec.eip} in the project")
+                elif other != spec.name:
+                    problem = problem or ("EipInUse", f"EIP {spec.eip} is taken by FIP {other}")
+                else:
+                    exclusive = external.model_copy(
+                        update={"ownership_type": "Exclusive", "owners": [f"FIp/{spec.name}"]}
+                    )
+                    out.eips[out.eips.index(external)] = exclusive
+                    external = exclusive
+        else:
+            own = fip_holder(key, spec.name)
+            network = spec.external_network_type or self.policy.default_network
+            pool = self.policy.pools.get(network)
+            held = self._held_pool(own)
+            if pool is None:
+                problem = problem or ("UnknownNetwork", f"no external pool is configured for "
+                                      f"{network!r}")  # fmt: skip
+            elif held is not None and held != network:
+                problem = problem or (
+                    "ExternalNetworkTypeImmutable",
+                    f"the FIP's EIP already has an address on {held}",
+                )
+            else:
+                try:
+                    bound = await self.book.ensure(pool, own)
+                except AllocationError as exc:
+                    problem = problem or (exc.reason, exc.message)
+                    out.retry = out.retry or exc.reason == "NoAvailableIPs"
+                else:
+                    external = _external(eip_name, bound, pool, ownership="Exclusive",
+                                         owners=[f"FIp/{spec.name}"])  # fmt: skip
+                    out.eips.append(external)
+        ready = problem is None and external is not None
+        out.fips.append(
+            FloatingIp(
+                name=spec.name, eip=eip_name,
+                external_ip=external.ip_address if external is not None else "",
+                target_ip=target_ip, vm_name=vm, interface=iface, mac_address=mac,
+                ready=ready, reason=problem[0] if problem else "",
+            )
+        )  # fmt: skip
+        if problem is not None:
+            out.state(rec, "Error", problem[0], f"FIP {spec.name}: {problem[1]}")
+        else:
+            assert external is not None
+            out.state(rec, "Ready", "Resolved", f"{external.ip_address} -> {target_ip}")
+        return own
+
     async def _sweep(
         self, out: _Members, ctx: Context, subnet: Pool, nics: set[str], eips: set[str]
     ) -> float:
@@ -478,7 +593,7 @@ class IpamReconciler:
         tombstoned = {member_holder(ctx.key, m) for m, r in ctx.members.items() if r.deleted}
         now = time.time()
         spaces: list[tuple[Pool, set[str]]] = [(subnet, nics)]
-        prefix = f"project/{ctx.key}/eip/"
+        prefix = (f"project/{ctx.key}/eip/", f"project/{ctx.key}/fip/")  # members' pool holders
         spaces += [(pool, eips) for pool in self.policy.pools.values()]
         for space, wanted in spaces:
             slots = self.book.slots(space.prefix)
@@ -568,9 +683,12 @@ class IpamReconciler:
 
 
 def member_holder(project_key: str, member: str) -> str:
-    """The holder name of a member key: ``vm/a/default`` or ``project/o.p/eip/x``."""
+    """The holder name of a member key: ``vm/a/default``, ``project/o.p/eip/x`` or the holder
+    of FIP ``x``'s own EIP, ``project/o.p/fip/x``."""
     kind, parts = parse_member(member)
-    return "/".join(parts) if kind == "workload" else eip_holder(project_key, parts[0])
+    if kind == "workload":
+        return "/".join(parts)
+    return (fip_holder if kind == "fip" else eip_holder)(project_key, parts[0])
 
 
 def _external(
