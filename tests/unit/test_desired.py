@@ -18,7 +18,7 @@ from vpcbus_nat import desired as nat_desired
 from vpcbus_nat import ovn as nat_ovn
 from vpcbus_proto import names
 from vpcbus_proto.projects import ProjectSpec
-from vpcbus_proto.status import AddressFacts, ExternalAddress
+from vpcbus_proto.status import AddressFacts, ExternalAddress, FloatingIp
 from vpcbus_runtime.errors import TemporaryError
 from vpcbus_runtime.ovn import OWNER, PROJECT, ownership
 from vpcbus_vpc import desired as vpc_desired
@@ -405,3 +405,45 @@ def test_the_namespace_kube_ovn_names_would_have_collided_on_is_reserved() -> No
     assert a.lan.switch_port == b.external.switch_port
     assert names.reserved_namespace(a.namespace)  # so IPAM never admits the first one
     assert not names.reserved_namespace(b.namespace)
+
+
+def floating(name: str, external: str, target: str, *, ready: bool = True) -> FloatingIp:
+    return FloatingIp(name=name, eip=f"fip-{name}-abcde", external_ip=external,
+                      target_ip=target, ready=ready)  # fmt: skip
+
+
+def test_nat_adds_a_dnat_and_snat_per_ready_fip() -> None:
+    fips = [
+        floating("web", "100.65.0.9", "10.0.0.5"),
+        floating("db", "100.65.0.8", "10.0.0.6"),
+        floating("wait", "100.65.0.7", "", ready=False),
+    ]
+    want = nat_desired.build("acme.shop", "acme-shop", "10.0.0.0/24", "100.65.0.2", fips)
+    assert [(r.type, r.external_ip, r.logical_ip) for r in want.rules] == [
+        ("snat", "100.65.0.2", "10.0.0.0/24"),
+        ("dnat_and_snat", "100.65.0.8", "10.0.0.6"),  # by FIP name
+        ("dnat_and_snat", "100.65.0.9", "10.0.0.5"),
+    ]
+
+
+def test_a_fip_whose_target_changed_gets_a_new_nat_row_not_a_patched_one() -> None:
+    nb = FakeNb()
+    want = vpc(project("acme", "shop"))
+    converge_vpc(nb, want)
+
+    def converge(*fips: FloatingIp) -> list[str]:
+        rules = nat_desired.build(want.key, want.namespace, "10.0.0.0/24", "100.65.0.2", fips)
+        objects: list[str] = nb.transact(lambda api, txn: nat_ovn.converge_nat(api, txn, rules))[0]
+        return objects
+
+    assert converge(floating("web", "100.65.0.9", "10.0.0.5"))[1:] == [
+        "NAT/dnat_and_snat:10.0.0.5->100.65.0.9"
+    ]
+    [before] = [n for n in nb.rows("NAT") if n.type == "dnat_and_snat"]
+    snat = next(n.uuid for n in nb.rows("NAT") if n.type == "snat")
+    converge(floating("web", "100.65.0.9", "10.0.0.7"))  # the VM came back with a new address
+    [after] = [n for n in nb.rows("NAT") if n.type == "dnat_and_snat"]
+    assert after.uuid != before.uuid and after.logical_ip == "10.0.0.7"
+    assert next(n.uuid for n in nb.rows("NAT") if n.type == "snat") == snat  # untouched
+    converge()  # the FIP is gone
+    assert [n.type for n in nb.rows("NAT")] == ["snat"]

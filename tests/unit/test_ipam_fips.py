@@ -146,7 +146,7 @@ async def test_a_fip_on_an_unknown_network_or_an_exhausted_pool_is_not_ready(
 ) -> None:
     # The cloud pool has 5 addresses; the gateway EIP takes one, four EIPs the rest.
     full = [eip(f"e{i}") for i in range(4)]
-    mars = fip("y", ipAddress="10.0.0.9", externalNetworkType="mars")
+    mars = fip("y", ipAddress="10.0.0.10", externalNetworkType="mars")
     members = [*full, fip("x", ipAddress="10.0.0.9"), mars]
     result = await ipam.reconcile(ctx(record(), members))
     assert states(result)["fip.x"] == ("Error", "NoAvailableIPs")
@@ -164,3 +164,13 @@ async def test_the_network_of_a_fips_own_eip_is_immutable(ipam: IpamReconciler) 
     moved = fip("x", 2, ipAddress="10.0.0.9", externalNetworkType="public")
     result = await ipam.reconcile(ctx(record(), [moved]))
     assert states(result)["fip.x"] == ("Error", "ExternalNetworkTypeImmutable")
+
+
+async def test_one_address_is_the_target_of_one_fip(ipam: IpamReconciler) -> None:
+    members = [nic("web"), fip("a", vmTarget={"vmName": "web"}), fip("b", ipAddress="10.0.0.2")]
+    result = await ipam.reconcile(ctx(record(), members))
+    assert fips(result)["a"].ready
+    assert states(result)["fip.b"] == ("Error", "TargetInUse")
+    assert "10.0.0.2 is the target of FIP a" in next(
+        m.message for m in result.members if m.member == "fip.b"
+    )

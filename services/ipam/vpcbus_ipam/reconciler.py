@@ -407,7 +407,7 @@ class IpamReconciler:
             await asyncio.gather(*jobs[i : i + PIPELINE])
         fips = {r.fip.name: r for r in live.values() if r.fip is not None}
         fip_holders: set[str] = set()
-        claimed: dict[str, str] = {}  # user EIP -> the FIP that has it (exclusive)
+        claimed: dict[str, str] = {}  # user EIP or "target/<ip>" -> the FIP that has it
         for _name, rec in sorted(fips.items()):
             assert rec.fip is not None
             own = await self._fip(out, ctx.key, subnet, rec, rec.fip, claimed)
@@ -524,6 +524,10 @@ class IpamReconciler:
                 problem = ("TargetOutOfSubnet", f"{target_ip} is outside {subnet.network}")
             elif subnet.reserved(ip_of(target_ip)):
                 problem = ("TargetReserved", f"{target_ip} is reserved in {subnet.network}")
+        if problem is None and target_ip:
+            other = claimed.setdefault(f"target/{target_ip}", spec.name)
+            if other != spec.name:  # one address, one FIP: NAT could not tell them apart
+                problem = ("TargetInUse", f"{target_ip} is the target of FIP {other}")
         own: str | None = None
         external: ExternalAddress | None = None
         eip_name = spec.eip or fip_eip_name(key, spec.name)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+from vpcbus_proto.status import FloatingIp
 
 
 @dataclass(frozen=True)
@@ -19,6 +22,17 @@ class DesiredNat:
     rules: tuple[NatRule, ...]
 
 
-def build(key: str, namespace: str, cidr_block: str, gateway_eip: str) -> DesiredNat:
-    """SNAT of the whole project subnet to its default-gw EIP, on router ``namespace``."""
-    return DesiredNat(key, namespace, (NatRule("snat", gateway_eip, cidr_block),))
+def build(
+    key: str, namespace: str, cidr_block: str, gateway_eip: str, fips: Sequence[FloatingIp] = ()
+) -> DesiredNat:
+    """On router ``namespace``: SNAT of the whole project subnet to its default-gw EIP, and a
+    ``dnat_and_snat`` (1:1, all ports, both ways) per ready floating IP, which OVN prefers to
+    the subnet's SNAT for its target (the longer match), so the target's outbound traffic
+    leaves from its FIP."""
+    rules = [NatRule("snat", gateway_eip, cidr_block)]
+    rules += [
+        NatRule("dnat_and_snat", f.external_ip, f.target_ip)
+        for f in sorted(fips, key=lambda f: f.name)
+        if f.ready and f.external_ip and f.target_ip
+    ]
+    return DesiredNat(key, namespace, tuple(rules))

@@ -41,12 +41,13 @@ class NatReconciler:
         gw = ipam.addresses.eip(GATEWAY_EIP) if ipam.addresses else None
         if gw is None:
             return Result("Pending", "WaitingForIpam", "ipam reports no default-gw EIP")
+        fips = ipam.addresses.fips if ipam.addresses else []
         want = desired.build(
             ctx.key, names.namespace(ctx.organization, ctx.project), record.spec.cidr_block,
-            gw.ip_address,
+            gw.ip_address, fips,
         )  # fmt: skip
         objects = await self.nb.transact(lambda api, txn: ovn.converge_nat(api, txn, want))
-        return Result(
-            "Ready", "Reconciled", f"SNAT {record.spec.cidr_block} -> {gw.ip_address}",
-            objects=objects,
-        )  # fmt: skip
+        message = f"SNAT {record.spec.cidr_block} -> {gw.ip_address}"
+        if len(want.rules) > 1:
+            message += f"; {len(want.rules) - 1} FIP(s)"
+        return Result("Ready", "Reconciled", message, objects=objects)
