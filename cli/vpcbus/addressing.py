@@ -1,5 +1,5 @@
-"""The CLI's address commands: ``get ip|subnet|pool|eip``, ``eip create|delete`` and
-``workload attach|detach``.
+"""The CLI's address commands: ``get ip|subnet|pool|eip|fip``, ``eip create|delete|get``,
+``fip create|delete|get`` and ``workload attach|detach``.
 
 Registered by :func:`vpcbus.__main__.build_parser` through :func:`add_get_parsers` and
 :func:`add_parsers`. Reads come from IPAM's project status (``addresses``, ``members``) and
@@ -19,10 +19,18 @@ from pydantic import ValidationError
 from vpcbus import tables
 from vpcbus.client import Client, Published, RejectedError, member_at, member_gone
 from vpcbus.common import EXIT_OK, CliError, connect, invalid, parse_ref
-from vpcbus_proto.members import EipRef, EipSpec, WorkloadRef, WorkloadSpec
+from vpcbus_proto.members import (
+    EipRef,
+    EipSpec,
+    FipRef,
+    FipSpec,
+    VmTarget,
+    WorkloadRef,
+    WorkloadSpec,
+)
 from vpcbus_proto.status import AddressFacts, ServiceStatus, Usage
 
-_M = TypeVar("_M", WorkloadRef, WorkloadSpec, EipRef, EipSpec)
+_M = TypeVar("_M", WorkloadRef, WorkloadSpec, EipRef, EipSpec, FipRef, FipSpec)
 
 #: What a member waiting for an address is told: it is not lost, it is queued.
 WAITS = {
@@ -30,6 +38,8 @@ WAITS = {
     "(`vpcbus eip delete` withdraws it)",
     "workload": "the NIC stays attached and gets an address by itself when one frees up "
     "(`vpcbus workload detach` withdraws it)",
+    "fip": "the FIP stays recorded and becomes ready by itself when an address frees up "
+    "(`vpcbus fip delete` withdraws it)",
 }
 
 # -- reading -----------------------------------------------------------------------------
@@ -73,6 +83,26 @@ def _eip_table(ipam: ServiceStatus, facts: AddressFacts) -> None:
 async def get_eip(args: argparse.Namespace) -> int:
     ipam, facts = await _ipam(args)
     _eip_table(ipam, facts)
+    return EXIT_OK
+
+
+async def get_fip(args: argparse.Namespace) -> int:
+    """Kube-DC's FIp columns (NAME, TARGET IP, EXTERNAL IP, VM, INTERFACE, READY), then the
+    EIP it uses and why it is not ready; a FIP refused outright has only its member state."""
+    ipam, facts = await _ipam(args)
+    rows = [
+        [f.name, f.target_ip or "-", f.external_ip or "-", f.vm_name or "-", f.interface or "-",
+         str(f.ready).lower(), f.eip, f.reason or "-"]
+        for f in facts.fips
+    ]  # fmt: skip
+    listed = {f"fip.{f.name}" for f in facts.fips}
+    rows += [
+        [m.member.removeprefix("fip."), "-", "-", "-", "-", "false", "-", m.reason]
+        for m in ipam.members
+        if m.member.startswith("fip.") and m.member not in listed and m.state != "Deleted"
+    ]
+    head = ["NAME", "TARGET IP", "EXTERNAL IP", "VM", "INTERFACE", "READY", "EIP", "REASON"]
+    tables.show(head, sorted(rows))
     return EXIT_OK
 
 
@@ -165,7 +195,7 @@ async def _settle(
     """Publish a member event and wait until IPAM settled it; CliError when it refused."""
     org, name = parse_ref(args.project)
     kind = member.partition(".")[0]
-    what = f"eip {member.removeprefix('eip.')}" if kind == "eip" else _slashed(member)
+    what = f"{kind} {member.partition('.')[2]}" if kind in ("eip", "fip") else _slashed(member)
     client = await connect(args.home)
     try:
         watch = await client.watch(org, name)
@@ -223,6 +253,44 @@ async def eip_delete(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def fip_create(args: argparse.Namespace) -> int:
+    """Publish ``fip.created``, wait for IPAM to resolve it and NAT to carry it."""
+    org, project = parse_ref(args.project)
+    target = None
+    if args.vm is not None:
+        target = VmTarget(vm_name=args.vm, interface_name=args.interface)
+    fip = _spec(
+        "FIP", FipSpec, organization=org, project=project, name=args.name,
+        ip_address=args.ip, vm_target=target, eip=args.eip, external_network_type=args.network,
+    )  # fmt: skip
+    ipam = await _settle(args, fip.member, lambda c: c.create_fip(fip))
+    found = ipam.addresses.fip(fip.name) if ipam and ipam.addresses else None
+    if found is None or not found.ready:
+        raise CliError(f"fip {fip.name}: IPAM lists no address for it")
+    rule = f"NAT/dnat_and_snat:{found.target_ip}->{found.external_ip}"
+    client = await connect(args.home)
+    try:
+        watch = await client.watch(org, project)
+        try:
+            await watch.until(lambda st: "nat" in st and rule in st["nat"].objects,
+                              timeout=args.timeout)  # fmt: skip
+        finally:
+            await watch.stop()
+    finally:
+        await client.close()
+    on = f" ({found.vm_name}/{found.interface})" if found.vm_name else ""
+    print(f"fip {fip.name}: {found.external_ip} -> {found.target_ip}{on} via eip {found.eip}")
+    return EXIT_OK
+
+
+async def fip_delete(args: argparse.Namespace) -> int:
+    org, project = parse_ref(args.project)
+    fip = _spec("FIP", FipRef, organization=org, project=project, name=args.name)
+    await _settle(args, fip.member, lambda c: c.delete_fip(fip), removal=True)
+    print(f"fip {fip.name} deleted")
+    return EXIT_OK
+
+
 def _nic(args: argparse.Namespace) -> dict[str, object]:
     org, project = parse_ref(args.project)
     return {"organization": org, "project": project, "kind": args.kind, "name": args.name,
@@ -263,6 +331,7 @@ def add_get_parsers(gsub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     """``vpcbus get eip|ip|subnet|pool``."""
     for kind, text, func in (
         ("eip", "EIPs of a project (default-gw and user EIPs, ready or not)", get_eip),
+        ("fip", "floating IPs of a project (ready or not)", get_fip),
         ("ip", "every address of a project with its holder", get_ip),
         ("subnet", "a project subnet's accounting and ranges", get_subnet),
     ):
@@ -275,8 +344,8 @@ def add_get_parsers(gsub: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """``vpcbus eip create|delete`` and ``vpcbus workload attach|detach``."""
-    eip = sub.add_parser("eip", help="create and delete user EIPs")
+    """``vpcbus eip|fip create|delete|get`` and ``vpcbus workload attach|detach``."""
+    eip = sub.add_parser("eip", help="create, delete and list user EIPs")
     esub = eip.add_subparsers(dest="verb", required=True)
     c = esub.add_parser("create", help="publish eip.created and wait for its address")
     c.add_argument("--network", default=None, help="external network (default: the platform's)")
@@ -286,6 +355,30 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         p.add_argument("name", metavar="NAME")
         _timeout_arg(p)
         p.set_defaults(func=func)
+    g = esub.add_parser("get", help="the project's EIPs (as `vpcbus get eip`)")
+    _project_arg(g)
+    g.set_defaults(func=get_eip)
+
+    fip = sub.add_parser("fip", help="create, delete and list floating IPs (1:1 NAT)")
+    fsub = fip.add_subparsers(dest="verb", required=True)
+    c = fsub.add_parser("create", help="publish fip.created; wait for IPAM and NAT")
+    target = c.add_mutually_exclusive_group(required=True)
+    target.add_argument("--ip", default=None, help="target address in the project subnet")
+    target.add_argument("--vm", default=None, metavar="VM", help="target VM")
+    c.add_argument("--interface", default=None, help="the VM's interface (default: default)")
+    source = c.add_mutually_exclusive_group()
+    source.add_argument("--eip", default=None, help="an existing EIP of the project")
+    source.add_argument("--network", default=None,
+                        help="network of the FIP's own EIP (default: the platform's)")  # fmt: skip
+    d = fsub.add_parser("delete", help="publish fip.deleted and wait until it is gone")
+    for p, func in ((c, fip_create), (d, fip_delete)):
+        _project_arg(p)
+        p.add_argument("name", metavar="NAME")
+        _timeout_arg(p)
+        p.set_defaults(func=func)
+    g = fsub.add_parser("get", help="the project's FIPs (as `vpcbus get fip`)")
+    _project_arg(g)
+    g.set_defaults(func=get_fip)
 
     wl = sub.add_parser("workload", help="attach and detach VM or pod NICs")
     wsub = wl.add_subparsers(dest="verb", required=True)

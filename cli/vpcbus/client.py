@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from vpcbus_proto import events, names, subjects
 from vpcbus_proto.errors import ErrorEvent
-from vpcbus_proto.members import EipRef, EipSpec, WorkloadRef, WorkloadSpec
+from vpcbus_proto.members import EipRef, EipSpec, FipRef, FipSpec, WorkloadRef, WorkloadSpec
 from vpcbus_proto.projects import ProjectRef, ProjectSpec
 from vpcbus_proto.status import PoolUsage, ServiceStatus, parse_status
 from vpcbus_proto.subjects import ServiceName
@@ -154,6 +154,19 @@ class Client:
     async def delete_eip(self, eip: EipRef, *, generation: int | None = None) -> Published:
         ref = EipRef(organization=eip.organization, project=eip.project, name=eip.name)
         subject = subjects.EIP_DELETED
+        return await self.publish_body(
+            subject, events.new_event(subject, ref, generation=generation)
+        )
+
+    async def create_fip(self, fip: FipSpec, *, generation: int | None = None) -> Published:
+        subject = subjects.FIP_CREATED
+        return await self.publish_body(
+            subject, events.new_event(subject, fip, generation=generation)
+        )
+
+    async def delete_fip(self, fip: FipRef, *, generation: int | None = None) -> Published:
+        ref = FipRef(organization=fip.organization, project=fip.project, name=fip.name)
+        subject = subjects.FIP_DELETED
         return await self.publish_body(
             subject, events.new_event(subject, ref, generation=generation)
         )

@@ -10,7 +10,9 @@ external network exactly as ``vpcbus up`` wires it (100.65.0.1/16, the pool's ga
 
 Proven with packets: a VM in A pings another VM in A (and its TCP reaches A's VM, not B's VM
 at the same address); A's VMs reach the internet host, which sees A's EIP as the source; B's
-VM reaches it as B's EIP; B's VM cannot reach A's VMs.
+VM reaches it as B's EIP; B's VM cannot reach A's VMs. A floating IP on B's VM takes inbound
+TCP and UDP from the internet host and from A (arriving as A's EIP), and the VM's outbound
+traffic leaves from it; B's default-gw EIP takes no inbound connection.
 """
 
 from __future__ import annotations
@@ -28,10 +30,11 @@ from tests.conftest import ServiceProcs
 from tests.datapath import hosts, peers
 from tests.integration import helpers
 from vpcbus import stack as vpcbus_stack
-from vpcbus.client import Client
+from vpcbus.client import Client, member_at
 from vpcbus.embedded import procs
 from vpcbus.embedded.chassis import Chassis, Vm
 from vpcbus.embedded.ovn import OvnCentral
+from vpcbus_proto.members import FipRef, FipSpec
 
 pytestmark = [
     pytest.mark.datapath,
@@ -227,3 +230,63 @@ def test_vm_in_b_cannot_reach_a(datapath: Datapath) -> None:
     assert _ask(b1, "udp", "10.0.0.11", wait=1).returncode != 0
     assert datapath.servers["a2"].peers() == before
     assert b1.ping(INTERNET_HOST), "B itself still works"
+
+
+# -- floating IPs (issue 4) --------------------------------------------------------------------
+
+FIP = "b1-in"
+
+
+async def _fip(nats_url: str, *, delete: bool = False) -> str:
+    """Create (or delete) FIP ``b1-in`` on b1's address through the bus; returns its external
+    address once NAT carries it (or, deleting, once NAT no longer does)."""
+    client = await Client.connect(nats_url, name="vpcbus-datapath-tests")
+    try:
+        watch = await client.watch("beta", "web")
+        try:
+            if delete:
+                await client.delete_fip(FipRef(organization="beta", project="web", name=FIP))
+                await watch.until(
+                    lambda st: "nat" in st and not any("dnat" in o for o in st["nat"].objects),
+                    timeout=30,
+                )
+                return ""
+            spec = FipSpec(organization="beta", project="web", name=FIP, ip_address="10.0.0.10")
+            published = await client.create_fip(spec)
+            done = await watch.until(member_at(spec.member, published.generation), timeout=30)
+            facts = done["ipam"].addresses
+            found = facts.fip(FIP) if facts else None
+            assert found is not None and found.ready, done["ipam"].members
+            rule = f"NAT/dnat_and_snat:10.0.0.10->{found.external_ip}"
+            await watch.until(lambda st: "nat" in st and rule in st["nat"].objects, timeout=30)
+            return found.external_ip
+        finally:
+            await watch.stop()
+    finally:
+        await client.close()
+
+
+def test_a_fip_takes_b1_inbound_from_outside_and_from_a_and_outbound(
+    datapath: Datapath, service_env: dict[str, str]
+) -> None:
+    a1, b1, inet = datapath.vms["a1"], datapath.vms["b1"], datapath.vms["inet"]
+    assert _ask(inet, "tcp", datapath.b.eip, wait=1).returncode != 0  # no DNAT on default-gw
+    fip = asyncio.run(_fip(service_env["NATS_URL"]))
+    assert fip not in (datapath.a.eip, datapath.b.eip)
+    assert procs.wait_until(lambda: inet.ping(fip, timeout_s=1), timeout=10), "inet -> FIP"
+    for proto in ("tcp", "udp"):
+        # From outside: DNAT to b1, which sees the real source (no SNAT on the way in).
+        assert _answer(inet, proto, fip) == "b1 peer=100.65.0.1"
+        # From project A: only through B's external address, arriving as A's EIP.
+        assert _answer(a1, proto, fip) == f"b1 peer={datapath.a.eip}"
+        # b1's own traffic now leaves from its FIP, not from B's default-gw EIP.
+        assert _answer(b1, proto, INTERNET_HOST) == f"inet peer={fip}"
+    # B's default-gw EIP still takes no inbound connection, and A still has no path to B's
+    # private address.
+    assert _ask(a1, "tcp", datapath.b.eip, wait=1).returncode != 0
+    # b1 saw only external addresses: the upstream's and A's EIP, never a private one of A.
+    assert set(datapath.servers["b1"].peers()) == {"100.65.0.1", datapath.a.eip}
+
+    asyncio.run(_fip(service_env["NATS_URL"], delete=True))
+    assert _ask(inet, "tcp", fip, wait=1).returncode != 0
+    assert _answer(b1, "tcp", INTERNET_HOST) == f"inet peer={datapath.b.eip}"
