@@ -130,9 +130,15 @@ def test_two_projects_with_the_same_cidr_get_disjoint_names(
     a, b = vpc(pair[0]), vpc(pair[1], eip("100.65.0.3"))
     assert a.lan.network == b.lan.network  # same subnet, same gateway address ...
 
-    def owned_names(w: DesiredVpc) -> set[str]:
-        ports = (w.lan.router_port, w.lan.switch_port, w.external.router_port)
-        return {w.router, w.switch, *ports, w.external.switch_port}
+    def owned_names(w: DesiredVpc) -> set[tuple[str, str]]:
+        """(NB table, name): a name is unique within its table only, as OVN's are."""
+        return {
+            ("Logical_Router", w.router), ("Logical_Switch", w.switch),
+            ("Logical_Router_Port", w.lan.router_port),
+            ("Logical_Router_Port", w.external.router_port),
+            ("Logical_Switch_Port", w.lan.switch_port),
+            ("Logical_Switch_Port", w.external.switch_port),
+        }  # fmt: skip
 
     assert owned_names(a).isdisjoint(owned_names(b))  # ... but nothing else is shared
     assert a.external.switch == b.external.switch  # except the external network's switch
