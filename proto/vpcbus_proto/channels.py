@@ -27,6 +27,8 @@ from vpcbus_proto.events import (
     FipDeleted,
     ProjectDeleted,
     ProjectUpserted,
+    ServiceDeleted,
+    ServiceUpserted,
     WorkloadAttached,
     WorkloadDetached,
 )
@@ -43,10 +45,13 @@ EVENT_MODELS: Final[dict[str, type[BaseModel]]] = {
     subjects.EIP_DELETED: EipDeleted,
     subjects.FIP_CREATED: FipCreated,
     subjects.FIP_DELETED: FipDeleted,
+    subjects.SERVICE_CREATED: ServiceUpserted,
+    subjects.SERVICE_UPDATED: ServiceUpserted,
+    subjects.SERVICE_DELETED: ServiceDeleted,
 }
 #: The event families each service consumes (its reconciler's ``consumes``).
 CONSUMES: Final[dict[ServiceName, tuple[EventFamily, ...]]] = {
-    "ipam": ("project", "workload", "eip", "fip"),
+    "ipam": ("project", "workload", "eip", "fip", "service"),
     "vpc": ("project",),
     "nat": ("project",),
     "dns": ("project",),

@@ -108,10 +108,11 @@ SCHEMAS: Final[dict[str, Any]] = {
             },
             "members": {
                 "type": "object",
-                "description": "The project's members (NICs, EIPs, FIPs) the service knows, by "
-                "member key (`workload.<kind>.<name>.<interface>`, `eip.<name>`, `fip.<name>`); "
-                "one without `workload`, `eip` and `fip` was removed (a tombstone). Empty for "
-                "services that consume no member events.",
+                "description": "The project's members (NICs, EIPs, FIPs, LoadBalancer services) "
+                "the service knows, by member key (`workload.<kind>.<name>.<interface>`, "
+                "`eip.<name>`, `fip.<name>`, `service.<name>`); one with none of `workload`, "
+                "`eip`, `fip`, `service` was removed (a tombstone). Empty for services that "
+                "consume no member events.",
                 "additionalProperties": {
                     "type": "object",
                     "properties": {
@@ -123,6 +124,7 @@ SCHEMAS: Final[dict[str, Any]] = {
                         "workload": _nullable_ref("WorkloadSpec"),
                         "eip": _nullable_ref("EipSpec"),
                         "fip": _nullable_ref("FipSpec"),
+                        "service": _nullable_ref("LbServiceSpec"),
                         "deleted_at": {"type": ["string", "null"], "format": "date-time"},
                     },
                     "required": ["organization", "project", "member", "generation", "event_id"],

@@ -15,7 +15,16 @@ from typing import Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from vpcbus_proto import subjects
-from vpcbus_proto.members import EipRef, EipSpec, FipRef, FipSpec, WorkloadRef, WorkloadSpec
+from vpcbus_proto.members import (
+    EipRef,
+    EipSpec,
+    FipRef,
+    FipSpec,
+    LbServiceRef,
+    LbServiceSpec,
+    WorkloadRef,
+    WorkloadSpec,
+)
 from vpcbus_proto.projects import ProjectRef, ProjectSpec
 
 DataT = TypeVar("DataT", bound=BaseModel)
@@ -81,6 +90,15 @@ class FipCreated(CloudEvent[FipSpec]):
 
 class FipDeleted(CloudEvent[FipRef]):
     """``fip.deleted``: the NAT rule goes; an EIP the FIP allocated goes back to its pool."""
+
+
+class ServiceUpserted(CloudEvent[LbServiceSpec]):
+    """``service.created`` / ``service.updated``: a LoadBalancer service (ports, endpoints,
+    EIP binding); ``generation`` orders one service's events."""
+
+
+class ServiceDeleted(CloudEvent[LbServiceRef]):
+    """``service.deleted``: its load balancer goes; an EIP it allocated goes back to its pool."""
 
 
 def new_event(

@@ -1,12 +1,14 @@
-"""Things that live inside a project: workload NICs (VMs, pods), user EIPs, floating IPs.
+"""Things that live inside a project: workload NICs (VMs, pods), user EIPs, floating IPs and
+LoadBalancer services.
 
 A *member* belongs to exactly one project and has its own lifecycle events
-(``workload.attached|detached``, ``eip.created|deleted``, ``fip.created|deleted``). Services
-record members next to their project and reconcile the project as a whole, so a member
-event for a project that does not exist yet simply waits for it.
+(``workload.attached|detached``, ``eip.created|deleted``, ``fip.created|deleted``,
+``service.created|updated|deleted``). Services record members next to their project and
+reconcile the project as a whole, so a member event for a project that does not exist yet
+simply waits for it.
 
-A member is named in subjects, KV keys and statuses by its :func:`member_key`:
-``workload.<kind>.<name>.<interface>``, ``eip.<name>`` or ``fip.<name>``.
+A member is named in subjects, KV keys and statuses by its member key:
+``workload.<kind>.<name>.<interface>``, ``eip.<name>``, ``fip.<name>`` or ``service.<name>``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from vpcbus_proto import names
 from vpcbus_proto.projects import ProjectRef, _Model
 
 WorkloadKind = Literal["vm", "pod"]
-MemberKind = Literal["workload", "eip", "fip"]
+MemberKind = Literal["workload", "eip", "fip", "service"]
+Protocol = Literal["TCP", "UDP"]
 
 #: Kube-DC VMs attach to the project network as interface ``default``.
 DEFAULT_INTERFACE = "default"
@@ -177,6 +180,82 @@ class FipSpec(FipRef):
         return self
 
 
+class LbServiceRef(_InProject):
+    """A ``type: LoadBalancer`` service of a project."""
+
+    name: names.Label = Field(description="Service name (DNS-1123 label).")
+
+    @property
+    def member(self) -> str:
+        return service_member(self.name)
+
+
+class ServicePort(_Model):
+    """One port of a LoadBalancer service: ``port`` on the external address, ``target_port``
+    on the endpoints."""
+
+    port: int = Field(ge=1, le=65535, description="External port on the EIP.")
+    target_port: int = Field(ge=1, le=65535, description="Port on the endpoints.")
+    protocol: Protocol = Field(default="TCP")
+
+
+class LbServiceSpec(LbServiceRef):
+    """``service.created`` / ``service.updated``: a LoadBalancer service on an EIP.
+
+    The EIP is the project's ``default-gw`` (``bind_on_default_gw_eip``, Kube-DC's annotation
+    ``service.nlb.kube-dc.com/bind-on-default-gw-eip``), a named EIP (``bind_on_eip``), or one
+    IPAM allocates for the service on ``external_network_type`` (``slb-<name>-<5 chars>``,
+    released with it). Several services may share an EIP on distinct ports.
+    """
+
+    ports: list[ServicePort] = Field(min_length=1, description="At least one port.")
+    endpoints: list[str] = Field(
+        default_factory=list, description="Backend addresses (IPv4) in the project subnet."
+    )
+    vm_selector: names.Label | None = Field(
+        default=None, description="Or: the VM whose default interface is the backend."
+    )
+    bind_on_default_gw_eip: bool = Field(default=False)
+    bind_on_eip: names.Label | None = Field(default=None)
+    external_network_type: names.Label | None = Field(
+        default=None, description="Network of the service's own EIP (no binding given)."
+    )
+
+    @field_validator("endpoints")
+    @classmethod
+    def _valid_endpoints(cls, value: list[str]) -> list[str]:
+        out = []
+        for item in value:
+            try:
+                out.append(str(ipaddress.IPv4Address(item)))
+            except ValueError:
+                raise ValueError(f"endpoint {item!r} is not an IPv4 address") from None
+        if len(set(out)) != len(out):
+            raise ValueError("endpoints must be distinct")
+        return out
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LbServiceSpec:
+        seen = set()
+        for p in self.ports:
+            if (p.port, p.protocol) in seen:
+                raise ValueError(f"port {p.port}/{p.protocol} is listed twice")
+            seen.add((p.port, p.protocol))
+        if self.endpoints and self.vm_selector is not None:
+            raise ValueError("endpoints and vmSelector cannot be set at the same time")
+        bindings = [self.bind_on_default_gw_eip, self.bind_on_eip is not None,
+                    self.external_network_type is not None]  # fmt: skip
+        if sum(bindings) > 1:
+            raise ValueError(
+                "bindOnDefaultGwEip, bindOnEip and externalNetworkType are mutually exclusive"
+            )
+        return self
+
+
+def service_member(name: str) -> str:
+    return f"service.{name}"
+
+
 def fip_member(name: str) -> str:
     return f"fip.{name}"
 
@@ -199,6 +278,8 @@ def parse_member(member: str) -> tuple[MemberKind, tuple[str, ...]]:
         return "eip", parts[1:]
     if parts[0] == "fip" and len(parts) == 2 and names.is_label(parts[1]):
         return "fip", parts[1:]
+    if parts[0] == "service" and len(parts) == 2 and names.is_label(parts[1]):
+        return "service", parts[1:]
     raise ValueError(f"not a member key: {member!r}")
 
 

@@ -36,6 +36,8 @@ from vpcbus_proto.events import (
     FipDeleted,
     ProjectDeleted,
     ProjectUpserted,
+    ServiceDeleted,
+    ServiceUpserted,
     WorkloadAttached,
     WorkloadDetached,
 )
@@ -51,6 +53,8 @@ MODELS: dict[str, type[BaseModel]] = {
     "EipDeleted": EipDeleted,  # eip.deleted
     "FipCreated": FipCreated,  # fip.created
     "FipDeleted": FipDeleted,  # fip.deleted
+    "ServiceUpserted": ServiceUpserted,  # service.created, service.updated
+    "ServiceDeleted": ServiceDeleted,  # service.deleted
     "ServiceStatus": ServiceStatus,  # vpcbus.status.<service>.<org>.<project>
     "PoolUsage": PoolUsage,  # vpcbus.usage.pool.<pool>
     "ErrorEvent": ErrorEvent,  # vpcbus.error.> and vpcbus.dlq.>
@@ -67,6 +71,8 @@ INBOUND: frozenset[type[BaseModel]] = frozenset(
         EipDeleted,
         FipCreated,
         FipDeleted,
+        ServiceUpserted,
+        ServiceDeleted,
     }
 )
 

@@ -66,6 +66,29 @@ class FloatingIp(_Model):
     reason: str = Field(default="", description="Why it is not ready, e.g. TargetNotFound.")
 
 
+class PortState(_Model):
+    """One port of a LoadBalancer service on its EIP."""
+
+    port: int
+    target_port: int
+    protocol: str
+    ready: bool
+    reason: str = Field(default="", description="Why not, e.g. PortInUse.")
+
+
+class LoadBalancer(_Model):
+    """A LoadBalancer service as IPAM resolves it: its EIP and ports; NAT programs the ready
+    ports as an OVN load balancer on the project's router."""
+
+    name: str
+    eip: str = Field(description="default-gw, a user EIP, or its own `slb-<name>-xxxxx`.")
+    ingress_ip: str = Field(default="", description="The EIP's address (status.loadBalancer).")
+    endpoints: list[str] = Field(default_factory=list)
+    ports: list[PortState] = Field(default_factory=list)
+    ready: bool
+    reason: str = ""
+
+
 class Usage(_Model):
     """Accounting of one address space (a project subnet or an external pool)."""
 
@@ -107,6 +130,7 @@ class AddressFacts(_Model):
     eips: list[ExternalAddress] = Field(default_factory=list)
     workloads: list[WorkloadAddress] = Field(default_factory=list)
     fips: list[FloatingIp] = Field(default_factory=list)
+    services: list[LoadBalancer] = Field(default_factory=list)
     subnet: Usage | None = Field(default=None, description="Accounting of cidrBlock.")
 
     def eip(self, name: str) -> ExternalAddress | None:
@@ -114,6 +138,9 @@ class AddressFacts(_Model):
 
     def fip(self, name: str) -> FloatingIp | None:
         return next((f for f in self.fips if f.name == name), None)
+
+    def service(self, name: str) -> LoadBalancer | None:
+        return next((s for s in self.services if s.name == name), None)
 
 
 class ServiceStatus(_Model):

@@ -6,6 +6,7 @@ Lifecycle events (users publish; stream ``VPCBUS_EVENTS``)::
     workload.attached | workload.detached        (a VM or pod NIC in a project)
     eip.created | eip.deleted                    (a user EIP in a project)
     fip.created | fip.deleted                    (a floating IP in a project)
+    service.created | service.updated | service.deleted   (a LoadBalancer service)
 
 Status (services publish; stream ``VPCBUS_STATUS`` keeps the last message per subject)::
 
@@ -41,18 +42,22 @@ EIP_CREATED: Final = "eip.created"
 EIP_DELETED: Final = "eip.deleted"
 FIP_CREATED: Final = "fip.created"
 FIP_DELETED: Final = "fip.deleted"
+SERVICE_CREATED: Final = "service.created"
+SERVICE_UPDATED: Final = "service.updated"
+SERVICE_DELETED: Final = "service.deleted"
 #: Member events: things inside a project, each with its own lifecycle.
 MEMBER_EVENTS: Final = (
     WORKLOAD_ATTACHED, WORKLOAD_DETACHED, EIP_CREATED, EIP_DELETED, FIP_CREATED, FIP_DELETED,
+    SERVICE_CREATED, SERVICE_UPDATED, SERVICE_DELETED,
 )  # fmt: skip
 #: Member events that remove the member.
-MEMBER_REMOVALS: Final = (WORKLOAD_DETACHED, EIP_DELETED, FIP_DELETED)
+MEMBER_REMOVALS: Final = (WORKLOAD_DETACHED, EIP_DELETED, FIP_DELETED, SERVICE_DELETED)
 
 #: Event families a service may consume; each is ``<family>.*`` on the events stream.
-EventFamily = Literal["project", "workload", "eip", "fip"]
+EventFamily = Literal["project", "workload", "eip", "fip", "service"]
 
-#: Subjects captured by the events stream (a later issue adds service).
-EVENT_SUBJECTS: Final = ["project.*", "workload.*", "eip.*", "fip.*"]
+#: Subjects captured by the events stream.
+EVENT_SUBJECTS: Final = ["project.*", "workload.*", "eip.*", "fip.*", "service.*"]
 STATUS_SUBJECTS: Final = ["vpcbus.status.>", "vpcbus.usage.>"]
 ERROR_SUBJECTS: Final = ["vpcbus.error.>", "vpcbus.dlq.>"]
 

@@ -375,6 +375,7 @@ class Controller:
             workload=ev.workload,
             eip=ev.eip,
             fip=ev.fip,
+            service=ev.service,
         )
         if fold is Fold.STALE:
             self.counters.stale += 1

@@ -22,10 +22,21 @@ from vpcbus_proto.events import (
     FipDeleted,
     ProjectDeleted,
     ProjectUpserted,
+    ServiceDeleted,
+    ServiceUpserted,
     WorkloadAttached,
     WorkloadDetached,
 )
-from vpcbus_proto.members import EipRef, EipSpec, FipRef, FipSpec, WorkloadRef, WorkloadSpec
+from vpcbus_proto.members import (
+    EipRef,
+    EipSpec,
+    FipRef,
+    FipSpec,
+    LbServiceRef,
+    LbServiceSpec,
+    WorkloadRef,
+    WorkloadSpec,
+)
 from vpcbus_proto.projects import ProjectSpec
 
 
@@ -40,7 +51,7 @@ class Accepted:
 
 @dataclass(frozen=True)
 class AcceptedMember:
-    """A member event: ``workload``/``eip``/``fip`` is None for a removal."""
+    """A member event: ``workload``/``eip``/``fip``/``service`` is None for a removal."""
 
     organization: str
     name: str  # the project
@@ -50,6 +61,7 @@ class AcceptedMember:
     workload: WorkloadSpec | None = None
     eip: EipSpec | None = None
     fip: FipSpec | None = None
+    service: LbServiceSpec | None = None
 
 
 _MODELS: dict[str, type[CloudEvent[Any]]] = {
@@ -62,6 +74,9 @@ _MODELS: dict[str, type[CloudEvent[Any]]] = {
     subjects.EIP_DELETED: EipDeleted,
     subjects.FIP_CREATED: FipCreated,
     subjects.FIP_DELETED: FipDeleted,
+    subjects.SERVICE_CREATED: ServiceUpserted,
+    subjects.SERVICE_UPDATED: ServiceUpserted,
+    subjects.SERVICE_DELETED: ServiceDeleted,
 }
 
 
@@ -139,7 +154,7 @@ def decode(subject: str, data: bytes) -> Accepted | AcceptedMember | Rejected:
             data_org,
             data_project,
         )
-    if isinstance(event.data, WorkloadRef | EipRef | FipRef):
+    if isinstance(event.data, WorkloadRef | EipRef | FipRef | LbServiceRef):
         return AcceptedMember(
             data_org,
             data_project,
@@ -149,6 +164,7 @@ def decode(subject: str, data: bytes) -> Accepted | AcceptedMember | Rejected:
             workload=event.data if isinstance(event.data, WorkloadSpec) else None,
             eip=event.data if isinstance(event.data, EipSpec) else None,
             fip=event.data if isinstance(event.data, FipSpec) else None,
+            service=event.data if isinstance(event.data, LbServiceSpec) else None,
         )
     spec = event.data if isinstance(event.data, ProjectSpec) else None
     return Accepted(data_org, data_project, event.id, event.generation, spec)

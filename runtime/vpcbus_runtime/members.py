@@ -20,7 +20,7 @@ from nats.js.kv import KeyValue
 from pydantic import BaseModel, ConfigDict
 
 from vpcbus_proto import names
-from vpcbus_proto.members import EipSpec, FipSpec, WorkloadSpec
+from vpcbus_proto.members import EipSpec, FipSpec, LbServiceSpec, WorkloadSpec
 from vpcbus_runtime.kvcas import delete_if
 from vpcbus_runtime.kvmirror import mirror
 from vpcbus_runtime.records import Fold
@@ -41,11 +41,17 @@ class MemberRecord(BaseModel):
     workload: WorkloadSpec | None = None
     eip: EipSpec | None = None
     fip: FipSpec | None = None
+    service: LbServiceSpec | None = None
     deleted_at: datetime | None = None
 
     @property
     def deleted(self) -> bool:
-        return self.workload is None and self.eip is None and self.fip is None
+        return (
+            self.workload is None
+            and self.eip is None
+            and self.fip is None
+            and (self.service is None)
+        )
 
 
 def member_kv_key(project_key: str, member: str) -> str:
@@ -116,6 +122,7 @@ class MemberIndex:
         workload: WorkloadSpec | None = None,
         eip: EipSpec | None = None,
         fip: FipSpec | None = None,
+        service: LbServiceSpec | None = None,
     ) -> tuple[Fold, MemberRecord | None]:
         """Fold one member event in (compare-and-set on the cached revision)."""
         await self.ready.wait()
@@ -141,7 +148,8 @@ class MemberIndex:
                 workload=workload,
                 eip=eip,
                 fip=fip,
-                deleted_at=None if workload or eip or fip else datetime.now(UTC),
+                service=service,
+                deleted_at=None if workload or eip or fip or service else datetime.now(UTC),
             )
             payload = record.model_dump_json().encode()
             try:

@@ -263,8 +263,8 @@ def test_the_coverage_check_fails_without_a_family() -> None:
     known = [a for a in addresses() if not a.startswith("vpcbus.usage.")]
     assert not covered(subjects.pool_usage_subject("pool"), known)
     assert not covered("vpcbus.usage.>", known)
-    # a family no code publishes yet (LoadBalancer services)
-    assert not covered("service.*", addresses()) and not covered("service.created", addresses())
+    # a family no code publishes (Gateway API routes)
+    assert not covered("route.*", addresses()) and not covered("route.created", addresses())
 
 
 def test_not_subjects_are_still_defined() -> None:

@@ -29,6 +29,8 @@ from vpcbus_proto.events import (
     FipDeleted,
     ProjectDeleted,
     ProjectUpserted,
+    ServiceDeleted,
+    ServiceUpserted,
     WorkloadAttached,
     WorkloadDetached,
     new_event,
@@ -92,7 +94,7 @@ def test_committed_schema_is_a_valid_draft_2020_12_schema(name: str) -> None:
 def test_every_message_on_the_bus_has_a_schema() -> None:
     inbound = {
         ProjectUpserted, ProjectDeleted, WorkloadAttached, WorkloadDetached, EipCreated, EipDeleted,
-        FipCreated, FipDeleted,
+        FipCreated, FipDeleted, ServiceUpserted, ServiceDeleted,
     }  # fmt: skip
     assert set(MODELS.values()) == inbound | {ServiceStatus, ErrorEvent, PoolUsage}
     assert inbound == INBOUND

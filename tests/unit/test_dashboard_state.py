@@ -260,7 +260,7 @@ def test_pool_usage_replaces_the_pools_last() -> None:
 
 def test_other_subjects_are_ignored() -> None:
     board = boards.Board()
-    for subject in ("vpcbus.svc.ipam.status", "$SRV.PING", "service.created"):
+    for subject in ("vpcbus.svc.ipam.status", "$SRV.PING", "route.created"):
         assert board.take(subject, b"{}", NOW) is None
     assert board.snapshot() == {
         "services": list(subjects.SERVICES), "projects": [], "pools": [], "events": [],

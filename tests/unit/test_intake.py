@@ -22,6 +22,9 @@ from vpcbus_proto.members import (
     EipSpec,
     FipRef,
     FipSpec,
+    LbServiceRef,
+    LbServiceSpec,
+    ServicePort,
     VmTarget,
     WorkloadRef,
     WorkloadSpec,
@@ -361,6 +364,13 @@ FIP = FipSpec(
     eip="web",
 )  # fmt: skip
 FIP_REF = FipRef(organization="acme", project="shop", name="ssh")
+SVC = LbServiceSpec(
+    organization="acme", project="shop", name="www",
+    ports=[ServicePort(port=80, target_port=8080),
+           ServicePort(port=53, target_port=53, protocol="UDP")],
+    endpoints=["10.0.0.5", "10.0.0.6"], bind_on_default_gw_eip=True,
+)  # fmt: skip
+SVC_REF = LbServiceRef(organization="acme", project="shop", name="www")
 
 
 def member_body(subject: str, **changes: object) -> dict[str, Any]:
@@ -372,6 +382,9 @@ def member_body(subject: str, **changes: object) -> dict[str, Any]:
         subjects.EIP_DELETED: EIP_REF,
         subjects.FIP_CREATED: FIP,
         subjects.FIP_DELETED: FIP_REF,
+        subjects.SERVICE_CREATED: SVC,
+        subjects.SERVICE_UPDATED: SVC,
+        subjects.SERVICE_DELETED: SVC_REF,
     }[subject]
     body = new_event(subject, data, generation=3, event_id="m-1")
     body["data"] |= changes
@@ -387,11 +400,16 @@ def member_body(subject: str, **changes: object) -> dict[str, Any]:
         (subjects.EIP_DELETED, {}),
         (subjects.FIP_CREATED, {"fip": FIP}),
         (subjects.FIP_DELETED, {}),
+        (subjects.SERVICE_CREATED, {"service": SVC}),
+        (subjects.SERVICE_UPDATED, {"service": SVC}),
+        (subjects.SERVICE_DELETED, {}),
     ],
 )
 def test_member_events_are_accepted(subject: str, expected: dict[str, Any]) -> None:
     family = subject.split(".")[0]
-    member = {"eip": "eip.web", "fip": "fip.ssh"}.get(family, "workload.vm.ubuntu.default")
+    member = {"eip": "eip.web", "fip": "fip.ssh", "service": "service.www"}.get(
+        family, "workload.vm.ubuntu.default"
+    )
     assert decode(subject, encode(member_body(subject))) == AcceptedMember(
         "acme", "shop", member, "m-1", 3, **expected
     )
@@ -441,6 +459,30 @@ def test_a_requested_mac_is_normalised() -> None:
         ),
         (subjects.FIP_CREATED, {"vmTarget": {"vmName": "Ubuntu"}}, "data.vmTarget.vmName"),
         (subjects.FIP_DELETED, {"eip": "web"}, "data.eip: Extra inputs are not"),
+        (subjects.SERVICE_CREATED, {"ports": []}, "data.ports: List should have at least 1"),
+        (
+            subjects.SERVICE_CREATED,
+            {"ports": [{"port": 80, "targetPort": 8080}, {"port": 80, "targetPort": 81}]},
+            "port 80/TCP is listed twice",
+        ),
+        (subjects.SERVICE_CREATED, {"ports": [{"port": 0, "targetPort": 1}]}, "data.ports.0.port"),
+        (
+            subjects.SERVICE_CREATED,
+            {"ports": [{"port": 1, "targetPort": 1, "protocol": "SCTP"}]},
+            "data.ports.0.protocol",
+        ),
+        (subjects.SERVICE_CREATED, {"bindOnEip": "pub"}, "are mutually exclusive"),
+        (
+            subjects.SERVICE_CREATED,
+            {"vmSelector": "db"},
+            "endpoints and vmSelector cannot be set at the same time",
+        ),
+        (
+            subjects.SERVICE_CREATED,
+            {"endpoints": ["10.0.0.5", "10.0.0.5"]},
+            "endpoints must be distinct",
+        ),
+        (subjects.SERVICE_CREATED, {"endpoints": ["nope"]}, "endpoint 'nope' is not an IPv4"),
     ],
 )
 def test_invalid_member_specs_name_the_project_and_the_field(

@@ -59,8 +59,8 @@ def shop(org: str = "acme", name: str = "shop", **kw: Any) -> ProjectSpec:
 def test_no_options_watch_every_subject_of_the_catalogue() -> None:
     assert EVERYTHING.types == watching.TYPES
     assert EVERYTHING.subjects() == [
-        "project.*", "workload.*", "eip.*", "fip.*", "vpcbus.status.*.*.*", "vpcbus.error.*.*.*",
-        "vpcbus.dlq.*.*.*", "vpcbus.usage.pool.*",
+        "project.*", "workload.*", "eip.*", "fip.*", "service.*", "vpcbus.status.*.*.*",
+        "vpcbus.error.*.*.*", "vpcbus.dlq.*.*.*", "vpcbus.usage.pool.*",
     ]  # fmt: skip
 
 
@@ -68,7 +68,7 @@ def test_a_project_narrows_the_subjects_and_leaves_out_pool_usage() -> None:
     flt = watching.build_filter([], service=None, org="acme", project="shop")
     assert flt.types == ("event", "status", "error", "dlq")
     assert flt.subjects() == [
-        "project.*", "workload.*", "eip.*", "fip.*", "vpcbus.status.*.acme.shop",
+        "project.*", "workload.*", "eip.*", "fip.*", "service.*", "vpcbus.status.*.acme.shop",
         "vpcbus.error.*.acme.shop", "vpcbus.dlq.*.acme.shop",
     ]  # fmt: skip
     org = watching.build_filter(["status"], service=None, org="acme", project=None)
