@@ -24,13 +24,22 @@ from vpcbus_ipam.addresses import AddressBook, Binding, ip_of, namespace_key
 from vpcbus_ipam.allocator import AllocationError, SpaceView
 from vpcbus_ipam.pools import Pool, overlapping_pool, project_subnet
 from vpcbus_proto import names
-from vpcbus_proto.members import DEFAULT_INTERFACE, EipSpec, FipSpec, WorkloadSpec, parse_member
+from vpcbus_proto.members import (
+    DEFAULT_INTERFACE,
+    EipSpec,
+    FipSpec,
+    LbServiceSpec,
+    WorkloadSpec,
+    parse_member,
+)
 from vpcbus_proto.projects import ProjectSpec
 from vpcbus_proto.status import (
     AddressFacts,
     ExternalAddress,
     FloatingIp,
+    LoadBalancer,
     MemberStatus,
+    PortState,
     ServiceStatus,
     Usage,
     WorkloadAddress,
@@ -75,6 +84,17 @@ def eip_holder(project_key: str, name: str) -> str:
 def fip_holder(project_key: str, name: str) -> str:
     """The holder of the EIP a FIP allocated for itself."""
     return f"project/{project_key}/fip/{name}"
+
+
+def service_holder(project_key: str, name: str) -> str:
+    """The holder of the EIP a LoadBalancer service allocated for itself."""
+    return f"project/{project_key}/svc/{name}"
+
+
+def service_eip_name(project_key: str, service: str) -> str:
+    """``slb-<service>-<5 chars>``, Kube-DC's name for a service's own EIP (stable suffix)."""
+    digest = hashlib.sha256(f"{project_key}/svc/{service}".encode()).hexdigest()
+    return f"slb-{service}-{digest[:5]}"
 
 
 def fip_eip_name(project_key: str, fip: str) -> str:
@@ -122,6 +142,8 @@ class _Members:
     workloads: list[WorkloadAddress] = field(default_factory=list)
     eips: list[ExternalAddress] = field(default_factory=list)
     fips: list[FloatingIp] = field(default_factory=list)
+    services: list[LoadBalancer] = field(default_factory=list)
+    gateway_owners: list[str] = field(default_factory=list)  # services on default-gw
     states: list[MemberStatus] = field(default_factory=list)
     swept: list[str] = field(default_factory=list)
     retry: bool = False
@@ -196,7 +218,7 @@ def _allocated(
 class IpamReconciler:
     watches: Sequence[ServiceName] = ("vpc",)
     purge_after: Sequence[ServiceName] = ()
-    consumes: Sequence[EventFamily] = ("project", "workload", "eip", "fip")
+    consumes: Sequence[EventFamily] = ("project", "workload", "eip", "fip", "service")
     #: A project is reconciled as a whole, so a run costs time in proportion to its NICs:
     #: under a burst, a project that was just reconciled waits 50 times as long as that run
     #: took (at most 1 s) and takes the events of that time in one run (the work queue's
@@ -301,7 +323,8 @@ class IpamReconciler:
             )  # the project cannot egress yet; its members wait with it
         eip = _external(GATEWAY_EIP, gw, pool, ownership="Shared", owners=[f"Snat/{ns}"])
         subnet = project_subnet(ctx.key, spec.network, spec.gateway)
-        members = await self._members(ctx, ns, subnet)
+        members = await self._members(ctx, ns, subnet, eip)
+        eip = eip.model_copy(update={"owners": [*eip.owners, *members.gateway_owners]})
         facts = AddressFacts(
             cidr_block=spec.cidr_block,
             egress_network_type=spec.egress_network_type,
@@ -309,6 +332,7 @@ class IpamReconciler:
             eips=[eip, *members.eips],
             workloads=members.workloads,
             fips=members.fips,
+            services=members.services,
             subnet=self.usage(subnet),
         )
         message = f"{GATEWAY_EIP} {gw.ip} on {pool.name}"
@@ -348,7 +372,9 @@ class IpamReconciler:
 
     # -- members: NICs and user EIPs -----------------------------------------------------
 
-    async def _members(self, ctx: Context, ns: str, subnet: Pool) -> _Members:
+    async def _members(
+        self, ctx: Context, ns: str, subnet: Pool, gateway: ExternalAddress
+    ) -> _Members:
         out = _Members()
         live = {m: r for m, r in ctx.members.items() if not r.deleted}
         nics = {r.workload.holder: r for r in live.values() if r.workload is not None}
@@ -413,6 +439,13 @@ class IpamReconciler:
             own = await self._fip(out, ctx.key, subnet, rec, rec.fip, claimed)
             if own is not None:
                 fip_holders.add(own)
+        services = {r.service.name: r for r in live.values() if r.service is not None}
+        ports: dict[tuple[str, int, str], str] = {}  # (EIP, port, protocol) -> service
+        for _name, rec in sorted(services.items()):
+            assert rec.service is not None
+            own = await self._service(out, ctx.key, subnet, rec, rec.service, gateway, ports)
+            if own is not None:
+                fip_holders.add(own)
         memo.nics, memo.change = kept, change
         tombstones = []
         for member, rec in ctx.members.items():
@@ -427,6 +460,7 @@ class IpamReconciler:
         out.workloads.sort(key=lambda w: int(ip_of(w.ip_address)))
         out.eips.sort(key=lambda e: e.name)
         out.fips.sort(key=lambda f: f.name)
+        out.services.sort(key=lambda v: v.name)
         out.states.sort(key=lambda m: m.member)  # a stable status: republished on change only
         return out
 
@@ -587,6 +621,122 @@ class IpamReconciler:
             out.state(rec, "Ready", "Resolved", f"{external.ip_address} -> {target_ip}")
         return own
 
+    async def _service(
+        self,
+        out: _Members,
+        key: str,
+        subnet: Pool,
+        rec: MemberRecord,
+        spec: LbServiceSpec,
+        gateway: ExternalAddress,
+        ports: dict[tuple[str, int, str], str],
+    ) -> str | None:
+        """Resolve a LoadBalancer service: its endpoints, its EIP (shared default-gw, a shared
+        user EIP, or its own ``slb-<name>-xxxxx``) and its ports, which must be free on that
+        EIP (the first service by name keeps a port). A service with any problem is refused
+        as a whole (no port of it is programmed) and becomes ready by itself when the cause
+        goes. Returns the holder of its own EIP, if it has or wants one."""
+        problem: tuple[str, str] | None = None
+        endpoints = list(spec.endpoints)
+        if spec.vm_selector is not None:
+            nic = next((w for w in out.workloads if w.kind == "vm" and w.name == spec.vm_selector
+                        and w.interface == DEFAULT_INTERFACE), None)  # fmt: skip
+            if nic is None:
+                problem = ("TargetNotFound", f"VM {spec.vm_selector} has no address")
+            else:
+                endpoints = [nic.ip_address]
+        for ep in endpoints:
+            usable = ip_of(ep) in subnet.network and not subnet.reserved(ip_of(ep))
+            if problem is None and not usable:
+                problem = (
+                    "EndpointOutOfSubnet",
+                    f"endpoint {ep} is not usable in {subnet.network}",
+                )
+        own: str | None = None
+        external: ExternalAddress | None = None
+        owner = f"ServiceLb/{spec.name}"
+        if spec.bind_on_default_gw_eip:
+            external = gateway
+            eip_name = GATEWAY_EIP
+        elif spec.bind_on_eip is not None:
+            eip_name = spec.bind_on_eip
+            external = next((e for e in out.eips if e.name == eip_name), None)
+            if external is None or not external.ready:
+                problem = problem or ("EipNotFound", f"no ready EIP {eip_name} in the project")
+                external = None
+            elif external.ownership_type == "Exclusive":
+                holders = ", ".join(external.owners)
+                problem = problem or ("EipInUse", f"EIP {eip_name} is taken by {holders}")
+                external = None
+        else:
+            eip_name = service_eip_name(key, spec.name)
+            own = service_holder(key, spec.name)
+            network = spec.external_network_type or self.policy.default_network
+            pool = self.policy.pools.get(network)
+            held = self._held_pool(own)
+            if pool is None:
+                problem = problem or (
+                    "UnknownNetwork",
+                    f"no external pool is configured for {network!r}",
+                )
+            elif held is not None and held != network:
+                problem = problem or (
+                    "ExternalNetworkTypeImmutable",
+                    f"the service's EIP is already on {held}",
+                )
+            else:
+                try:
+                    bound = await self.book.ensure(pool, own)
+                except AllocationError as exc:
+                    problem = problem or (exc.reason, exc.message)
+                    out.retry = out.retry or exc.reason == "NoAvailableIPs"
+                else:
+                    external = _external(eip_name, bound, pool, ownership="Shared", owners=[])
+                    out.eips.append(external)
+        taken = [
+            (p, ports[(eip_name, p.port, p.protocol)])
+            for p in spec.ports
+            if ports.get((eip_name, p.port, p.protocol), spec.name) != spec.name
+        ]
+        if taken and problem is None:
+            p, other = taken[0]
+            problem = (
+                "PortInUse",
+                f"port {p.port}/{p.protocol} of EIP {eip_name} is used by service {other}",
+            )
+        ready = problem is None and external is not None
+        if ready:
+            assert external is not None
+            for p in spec.ports:
+                ports[(eip_name, p.port, p.protocol)] = spec.name
+            if eip_name == GATEWAY_EIP:
+                out.gateway_owners.append(owner)
+            else:
+                update = {"ownership_type": "Shared", "owners": [*external.owners, owner]}
+                out.eips[out.eips.index(external)] = external.model_copy(update=update)
+        busy = {(p.port, p.protocol) for p, _ in taken}
+        out.services.append(
+            LoadBalancer(
+                name=spec.name, eip=eip_name,
+                ingress_ip=external.ip_address if ready and external is not None else "",
+                endpoints=endpoints,
+                ports=[
+                    PortState(port=p.port, target_port=p.target_port, protocol=p.protocol,
+                              ready=ready,
+                              reason="PortInUse" if (p.port, p.protocol) in busy else "")
+                    for p in spec.ports
+                ],
+                ready=ready, reason=problem[0] if problem else "",
+            )
+        )  # fmt: skip
+        if problem is not None:
+            out.state(rec, "Error", problem[0], f"service {spec.name}: {problem[1]}")
+        else:
+            assert external is not None
+            listed = ", ".join(f"{p.port}/{p.protocol}" for p in spec.ports)
+            out.state(rec, "Ready", "Resolved", f"{external.ip_address} {listed}")
+        return own
+
     async def _sweep(
         self, out: _Members, ctx: Context, subnet: Pool, nics: set[str], eips: set[str]
     ) -> float:
@@ -597,7 +747,7 @@ class IpamReconciler:
         tombstoned = {member_holder(ctx.key, m) for m, r in ctx.members.items() if r.deleted}
         now = time.time()
         spaces: list[tuple[Pool, set[str]]] = [(subnet, nics)]
-        prefix = (f"project/{ctx.key}/eip/", f"project/{ctx.key}/fip/")  # members' pool holders
+        prefix = tuple(f"project/{ctx.key}/{k}/" for k in ("eip", "fip", "svc"))  # members' holders
         spaces += [(pool, eips) for pool in self.policy.pools.values()]
         for space, wanted in spaces:
             slots = self.book.slots(space.prefix)
@@ -692,7 +842,8 @@ def member_holder(project_key: str, member: str) -> str:
     kind, parts = parse_member(member)
     if kind == "workload":
         return "/".join(parts)
-    return (fip_holder if kind == "fip" else eip_holder)(project_key, parts[0])
+    holder = {"fip": fip_holder, "service": service_holder}.get(kind, eip_holder)
+    return holder(project_key, parts[0])
 
 
 def _external(
