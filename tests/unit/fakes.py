@@ -213,6 +213,7 @@ SCHEMA: dict[str, dict[str, Column]] = {
         "ports": SET,
         "static_routes": SET,
         "nat": SET,
+        "load_balancer": SET,
         "options": MAP,
         "external_ids": MAP,
     },
@@ -250,6 +251,7 @@ SCHEMA: dict[str, dict[str, Column]] = {
         "external_ids": MAP,
     },
     "DNS": {"records": MAP, "external_ids": MAP},
+    "Load_Balancer": {"name": SCALAR, "protocol": SCALAR, "vips": MAP, "external_ids": MAP},
 }
 
 _uuids = itertools.count(1)

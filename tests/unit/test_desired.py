@@ -18,7 +18,13 @@ from vpcbus_nat import desired as nat_desired
 from vpcbus_nat import ovn as nat_ovn
 from vpcbus_proto import names
 from vpcbus_proto.projects import ProjectSpec
-from vpcbus_proto.status import AddressFacts, ExternalAddress, FloatingIp
+from vpcbus_proto.status import (
+    AddressFacts,
+    ExternalAddress,
+    FloatingIp,
+    LoadBalancer,
+    PortState,
+)
 from vpcbus_runtime.errors import TemporaryError
 from vpcbus_runtime.ovn import OWNER, PROJECT, ownership
 from vpcbus_vpc import desired as vpc_desired
@@ -453,3 +459,58 @@ def test_a_fip_whose_target_changed_gets_a_new_nat_row_not_a_patched_one() -> No
     assert next(n.uuid for n in nb.rows("NAT") if n.type == "snat") == snat  # untouched
     converge()  # the FIP is gone
     assert [n.type for n in nb.rows("NAT")] == ["snat"]
+
+
+def lb(name: str, ingress: str, endpoints: list[str], *ports: tuple[int, int, str]) -> LoadBalancer:
+    return LoadBalancer(
+        name=name, eip="default-gw", ingress_ip=ingress, endpoints=endpoints, ready=True,
+        ports=[PortState(port=p, target_port=t, protocol=proto, ready=True)
+               for p, t, proto in ports],
+    )  # fmt: skip
+
+
+def test_a_service_is_one_load_balancer_per_protocol_with_every_endpoint() -> None:
+    web = lb("web", "100.65.0.2", ["10.0.0.5", "10.0.0.6"], (80, 8080, "TCP"), (53, 5353, "UDP"),
+             (443, 8443, "TCP"))  # fmt: skip
+    empty = lb("idle", "100.65.0.2", [], (81, 81, "TCP"))  # no endpoint: nothing to reach
+    want = nat_desired.build(
+        "acme.shop", "acme-shop", "10.0.0.0/24", "100.65.0.2", (), [web, empty]
+    )
+    assert [(b.name, b.protocol, b.vips) for b in want.balancers] == [
+        ("acme-shop-svc-web-tcp", "tcp", (
+            ("100.65.0.2:80", "10.0.0.5:8080,10.0.0.6:8080"),
+            ("100.65.0.2:443", "10.0.0.5:8443,10.0.0.6:8443"),
+        )),
+        ("acme-shop-svc-web-udp", "udp", (("100.65.0.2:53", "10.0.0.5:5353,10.0.0.6:5353"),)),
+    ]  # fmt: skip
+
+
+def test_load_balancers_are_attached_converged_in_place_and_removed() -> None:
+    nb = FakeNb()
+    want = vpc(project("acme", "shop"))
+    converge_vpc(nb, want)
+
+    def converge(*services: LoadBalancer) -> list[str]:
+        rules = nat_desired.build(want.key, want.namespace, "10.0.0.0/24", "100.65.0.2", (),
+                                  services)  # fmt: skip
+        objects: list[str] = nb.transact(lambda api, txn: nat_ovn.converge_nat(api, txn, rules))[0]
+        return objects
+
+    objects = converge(lb("web", "100.65.0.2", ["10.0.0.5"], (80, 8080, "TCP")))
+    assert objects[-1] == "LB/tcp:100.65.0.2:80->10.0.0.5:8080"
+    [row] = nb.rows("Load_Balancer")
+    assert ids(row) == {OWNER: "nat", PROJECT: "acme.shop"}
+    router = nb.named("Logical_Router", "acme-shop")
+    assert [r.uuid for r in router.load_balancer] == [row.uuid]
+
+    converge(lb("web", "100.65.0.2", ["10.0.0.5", "10.0.0.7"], (80, 8080, "TCP")))
+    [same] = nb.rows("Load_Balancer")
+    assert same.uuid == row.uuid and same.vips == {"100.65.0.2:80": "10.0.0.5:8080,10.0.0.7:8080"}
+    converge()  # the service went
+    assert nb.rows("Load_Balancer") == [] and router.load_balancer == []
+
+    converge(lb("web", "100.65.0.2", ["10.0.0.5"], (80, 8080, "TCP")))
+    removed = nb.transact(lambda api, txn: nat_ovn.teardown_nat(api, txn, want.key))[0]
+    assert removed == 2  # the SNAT row and the load balancer
+    assert nb.rows("Load_Balancer") == [] and router.load_balancer == []
+    assert nat_ovn.owned_projects(nb) == set()

@@ -16,7 +16,7 @@ from vpcbus_runtime.ovn import OWNER, PROJECT, Row, Txn
 SERVICE = "nat"
 
 #: The NB tables this service reads and writes; its session replicates only these.
-TABLES = ("Logical_Router", "NAT")
+TABLES = ("Logical_Router", "NAT", "Load_Balancer")
 
 
 def _mine(row: Row, key: str) -> bool:
@@ -53,19 +53,51 @@ def converge_nat(api: Any, txn: Txn, want: DesiredNat) -> list[str]:
         if stale not in kept:
             router.delvalue("nat", stale)
             stale.delete()
-    return [f"NAT/{r.type}:{r.logical_ip}->{r.external_ip}" for r in want.rules]
+    objects = [f"NAT/{r.type}:{r.logical_ip}->{r.external_ip}" for r in want.rules]
+    return objects + _converge_balancers(api, txn, router, want, ids)
+
+
+def _converge_balancers(
+    api: Any, txn: Txn, router: Row, want: DesiredNat, ids: dict[str, str]
+) -> list[str]:
+    """The project's load balancers: one row per service and protocol, attached to its router;
+    VIPs are converged in place, rows of services that went are removed."""
+    existing = {lb.name: lb for lb in ovn.owned(api, "Load_Balancer", SERVICE, want.key)}
+    objects = []
+    for b in want.balancers:
+        lb = existing.pop(b.name, None)
+        if lb is None:
+            lb = ovn.insert(api, txn, "Load_Balancer", name=b.name, protocol=b.protocol,
+                            vips=dict(b.vips), external_ids=ids)  # fmt: skip
+        else:
+            ovn.converge(lb, protocol=b.protocol, vips=dict(b.vips))
+        ovn.ensure_member(router, "load_balancer", lb)
+        objects += [f"LB/{b.protocol}:{vip}->{backends}" for vip, backends in b.vips]
+    for stale in existing.values():
+        for r in ovn.rows(api, "Logical_Router"):
+            if any(m.uuid == stale.uuid for m in getattr(r, "load_balancer", [])):
+                r.delvalue("load_balancer", stale)
+        stale.delete()
+    return objects
 
 
 def teardown_nat(api: Any, txn: Txn, key: str) -> int:
     removed = 0
+    balancers = ovn.owned(api, "Load_Balancer", SERVICE, key)
     for router in ovn.rows(api, "Logical_Router"):
         for nat in list(router.nat):
             if _mine(nat, key):
                 router.delvalue("nat", nat)
                 nat.delete()
                 removed += 1
+        for lb in list(getattr(router, "load_balancer", [])):
+            if any(lb.uuid == b.uuid for b in balancers):
+                router.delvalue("load_balancer", lb)
+    for lb in balancers:
+        lb.delete()
+        removed += 1
     return removed
 
 
 def owned_projects(api: Any) -> set[str]:
-    return ovn.owned_projects(api, ("NAT",), SERVICE)
+    return ovn.owned_projects(api, ("NAT", "Load_Balancer"), SERVICE)

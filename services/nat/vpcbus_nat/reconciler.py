@@ -44,10 +44,12 @@ class NatReconciler:
         fips = ipam.addresses.fips if ipam.addresses else []
         want = desired.build(
             ctx.key, names.namespace(ctx.organization, ctx.project), record.spec.cidr_block,
-            gw.ip_address, fips,
+            gw.ip_address, fips, ipam.addresses.services if ipam.addresses else [],
         )  # fmt: skip
         objects = await self.nb.transact(lambda api, txn: ovn.converge_nat(api, txn, want))
         message = f"SNAT {record.spec.cidr_block} -> {gw.ip_address}"
         if len(want.rules) > 1:
             message += f"; {len(want.rules) - 1} FIP(s)"
+        if want.balancers:
+            message += f"; {len(want.balancers)} load balancer(s)"
         return Result("Ready", "Reconciled", message, objects=objects)
