@@ -1,5 +1,6 @@
 """The CLI's address commands: ``get ip|subnet|pool|eip|fip``, ``eip create|delete|get``,
-``fip create|delete|get`` and ``workload attach|detach``.
+``fip create|delete|get``, ``svc create|delete|get`` (LoadBalancer services) and
+``workload attach|detach``.
 
 Registered by :func:`vpcbus.__main__.build_parser` through :func:`add_get_parsers` and
 :func:`add_parsers`. Reads come from IPAM's project status (``addresses``, ``members``) and
@@ -18,19 +19,23 @@ from pydantic import ValidationError
 
 from vpcbus import tables
 from vpcbus.client import Client, Published, RejectedError, member_at, member_gone
-from vpcbus.common import EXIT_OK, CliError, connect, invalid, parse_ref
+from vpcbus.common import EXIT_OK, EXIT_USAGE, CliError, connect, invalid, parse_ref
 from vpcbus_proto.members import (
     EipRef,
     EipSpec,
     FipRef,
     FipSpec,
+    LbServiceRef,
+    LbServiceSpec,
     VmTarget,
     WorkloadRef,
     WorkloadSpec,
 )
-from vpcbus_proto.status import AddressFacts, ServiceStatus, Usage
+from vpcbus_proto.status import AddressFacts, LoadBalancer, ServiceStatus, Usage
 
-_M = TypeVar("_M", WorkloadRef, WorkloadSpec, EipRef, EipSpec, FipRef, FipSpec)
+_M = TypeVar(
+    "_M", WorkloadRef, WorkloadSpec, EipRef, EipSpec, FipRef, FipSpec, LbServiceRef, LbServiceSpec
+)
 
 #: What a member waiting for an address is told: it is not lost, it is queued.
 WAITS = {
@@ -40,6 +45,8 @@ WAITS = {
     "(`vpcbus workload detach` withdraws it)",
     "fip": "the FIP stays recorded and becomes ready by itself when an address frees up "
     "(`vpcbus fip delete` withdraws it)",
+    "service": "the service stays recorded and becomes ready by itself when an address frees "
+    "up (`vpcbus svc delete` withdraws it)",
 }
 
 # -- reading -----------------------------------------------------------------------------
@@ -102,6 +109,29 @@ async def get_fip(args: argparse.Namespace) -> int:
         if m.member.startswith("fip.") and m.member not in listed and m.state != "Deleted"
     ]
     head = ["NAME", "TARGET IP", "EXTERNAL IP", "VM", "INTERFACE", "READY", "EIP", "REASON"]
+    tables.show(head, sorted(rows))
+    return EXIT_OK
+
+
+def _ports(svc: LoadBalancer) -> str:
+    return ",".join(f"{p.port}:{p.target_port}/{p.protocol}" for p in svc.ports)
+
+
+async def get_svc(args: argparse.Namespace) -> int:
+    """NAME, EXTERNAL-IP, PORT(S) (``port:targetPort/protocol``), ENDPOINTS, READY, EIP, REASON."""
+    ipam, facts = await _ipam(args)
+    rows = [
+        [s.name, s.ingress_ip or "<pending>", _ports(s), ",".join(s.endpoints) or "-",
+         str(s.ready).lower(), s.eip, s.reason or "-"]
+        for s in facts.services
+    ]  # fmt: skip
+    listed = {f"service.{s.name}" for s in facts.services}
+    rows += [
+        [m.member.removeprefix("service."), "<pending>", "-", "-", "false", "-", m.reason]
+        for m in ipam.members
+        if m.member.startswith("service.") and m.member not in listed and m.state != "Deleted"
+    ]
+    head = ["NAME", "EXTERNAL-IP", "PORT(S)", "ENDPOINTS", "READY", "EIP", "REASON"]
     tables.show(head, sorted(rows))
     return EXIT_OK
 
@@ -195,7 +225,7 @@ async def _settle(
     """Publish a member event and wait until IPAM settled it; CliError when it refused."""
     org, name = parse_ref(args.project)
     kind = member.partition(".")[0]
-    what = f"{kind} {member.partition('.')[2]}" if kind in ("eip", "fip") else _slashed(member)
+    what = f"{kind} {member.partition('.')[2]}" if kind != "workload" else _slashed(member)
     client = await connect(args.home)
     try:
         watch = await client.watch(org, name)
@@ -291,6 +321,67 @@ async def fip_delete(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _service_ports(texts: list[str]) -> list[dict[str, object]]:
+    """``80:8080/tcp`` (or ``80`` for 80:80/TCP) as ServicePort fields; CliError else."""
+    out: list[dict[str, object]] = []
+    for text in texts:
+        ports, _, protocol = text.partition("/")
+        port, _, target = ports.partition(":")
+        try:
+            out.append({"port": int(port), "target_port": int(target or port),
+                        "protocol": (protocol or "tcp").upper()})  # fmt: skip
+        except ValueError:
+            raise CliError(f"--port {text!r}: want PORT[:TARGET][/tcp|udp]", EXIT_USAGE) from None
+    return out
+
+
+async def svc_create(args: argparse.Namespace) -> int:
+    """Publish ``service.created``; wait for IPAM's verdict and NAT's load balancer."""
+    org, project = parse_ref(args.project)
+    selector = None
+    if args.selector is not None:
+        key, _, value = args.selector.partition("=")
+        if key != "vm" or not value:
+            raise CliError(f"--selector {args.selector!r}: want vm=NAME", EXIT_USAGE)
+        selector = value
+    svc = _spec(
+        "service", LbServiceSpec, organization=org, project=project, name=args.name,
+        ports=_service_ports(args.port), endpoints=args.endpoint or [], vm_selector=selector,
+        bind_on_default_gw_eip=args.bind_default_gw, bind_on_eip=args.bind_eip,
+        external_network_type=args.network,
+    )  # fmt: skip
+    ipam = await _settle(args, svc.member, lambda c: c.upsert_service(svc))
+    found = ipam.addresses.service(svc.name) if ipam and ipam.addresses else None
+    if found is None or not found.ready:
+        raise CliError(f"service {svc.name}: IPAM lists no address for it")
+    if found.endpoints:  # NAT programs a load balancer only for a service with endpoints
+        vips = {f"{p.protocol.lower()}:{found.ingress_ip}:{p.port}" for p in found.ports}
+        client = await connect(args.home)
+        try:
+            watch = await client.watch(org, project)
+            try:
+                await watch.until(
+                    lambda st: "nat" in st and vips <= {
+                        o.removeprefix("LB/").split("->")[0] for o in st["nat"].objects
+                    },
+                    timeout=args.timeout,
+                )  # fmt: skip
+            finally:
+                await watch.stop()
+        finally:
+            await client.close()
+    print(f"service {svc.name}: {found.ingress_ip} {_ports(found)} via eip {found.eip}")
+    return EXIT_OK
+
+
+async def svc_delete(args: argparse.Namespace) -> int:
+    org, project = parse_ref(args.project)
+    svc = _spec("service", LbServiceRef, organization=org, project=project, name=args.name)
+    await _settle(args, svc.member, lambda c: c.delete_service(svc), removal=True)
+    print(f"service {svc.name} deleted")
+    return EXIT_OK
+
+
 def _nic(args: argparse.Namespace) -> dict[str, object]:
     org, project = parse_ref(args.project)
     return {"organization": org, "project": project, "kind": args.kind, "name": args.name,
@@ -332,6 +423,7 @@ def add_get_parsers(gsub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     for kind, text, func in (
         ("eip", "EIPs of a project (default-gw and user EIPs, ready or not)", get_eip),
         ("fip", "floating IPs of a project (ready or not)", get_fip),
+        ("svc", "LoadBalancer services of a project (ready or not)", get_svc),
         ("ip", "every address of a project with its holder", get_ip),
         ("subnet", "a project subnet's accounting and ranges", get_subnet),
     ):
@@ -379,6 +471,31 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     g = fsub.add_parser("get", help="the project's FIPs (as `vpcbus get fip`)")
     _project_arg(g)
     g.set_defaults(func=get_fip)
+
+    svc = sub.add_parser("svc", help="create, delete and list LoadBalancer services on EIPs")
+    ssub = svc.add_subparsers(dest="verb", required=True)
+    c = ssub.add_parser("create", help="publish service.created; wait for IPAM and NAT")
+    c.add_argument("--port", action="append", required=True, metavar="PORT[:TARGET][/PROTO]",
+                   help="e.g. 80:8080/tcp (repeatable)")  # fmt: skip
+    backends = c.add_mutually_exclusive_group()
+    backends.add_argument("--endpoint", action="append", metavar="IP", help="repeatable")
+    backends.add_argument("--selector", metavar="vm=NAME", help="the VM's default interface")
+    binding = c.add_mutually_exclusive_group()
+    binding.add_argument("--bind-default-gw", action="store_true",
+                         help="share the project's default-gw EIP")  # fmt: skip
+    binding.add_argument("--bind-eip", metavar="EIP", help="share a named EIP of the project")
+    binding.add_argument(
+        "--network", default=None, help="network of the service's own EIP (default: the platform's)"
+    )
+    d = ssub.add_parser("delete", help="publish service.deleted and wait until it is gone")
+    for p, func in ((c, svc_create), (d, svc_delete)):
+        _project_arg(p)
+        p.add_argument("name", metavar="NAME")
+        _timeout_arg(p)
+        p.set_defaults(func=func)
+    g = ssub.add_parser("get", help="the project's LoadBalancer services")
+    _project_arg(g)
+    g.set_defaults(func=get_svc)
 
     wl = sub.add_parser("workload", help="attach and detach VM or pod NICs")
     wsub = wl.add_subparsers(dest="verb", required=True)

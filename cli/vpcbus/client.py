@@ -24,7 +24,16 @@ from pydantic import ValidationError
 
 from vpcbus_proto import events, names, subjects
 from vpcbus_proto.errors import ErrorEvent
-from vpcbus_proto.members import EipRef, EipSpec, FipRef, FipSpec, WorkloadRef, WorkloadSpec
+from vpcbus_proto.members import (
+    EipRef,
+    EipSpec,
+    FipRef,
+    FipSpec,
+    LbServiceRef,
+    LbServiceSpec,
+    WorkloadRef,
+    WorkloadSpec,
+)
 from vpcbus_proto.projects import ProjectRef, ProjectSpec
 from vpcbus_proto.status import PoolUsage, ServiceStatus, parse_status
 from vpcbus_proto.subjects import ServiceName
@@ -167,6 +176,23 @@ class Client:
     async def delete_fip(self, fip: FipRef, *, generation: int | None = None) -> Published:
         ref = FipRef(organization=fip.organization, project=fip.project, name=fip.name)
         subject = subjects.FIP_DELETED
+        return await self.publish_body(
+            subject, events.new_event(subject, ref, generation=generation)
+        )
+
+    async def upsert_service(
+        self, svc: LbServiceSpec, *, update: bool = False, generation: int | None = None
+    ) -> Published:
+        subject = subjects.SERVICE_UPDATED if update else subjects.SERVICE_CREATED
+        return await self.publish_body(
+            subject, events.new_event(subject, svc, generation=generation)
+        )
+
+    async def delete_service(
+        self, svc: LbServiceRef, *, generation: int | None = None
+    ) -> Published:
+        ref = LbServiceRef(organization=svc.organization, project=svc.project, name=svc.name)
+        subject = subjects.SERVICE_DELETED
         return await self.publish_body(
             subject, events.new_event(subject, ref, generation=generation)
         )

@@ -12,7 +12,9 @@ Proven with packets: a VM in A pings another VM in A (and its TCP reaches A's VM
 at the same address); A's VMs reach the internet host, which sees A's EIP as the source; B's
 VM reaches it as B's EIP; B's VM cannot reach A's VMs. A floating IP on B's VM takes inbound
 TCP and UDP from the internet host and from A (arriving as A's EIP), and the VM's outbound
-traffic leaves from it; B's default-gw EIP takes no inbound connection.
+traffic leaves from it; B's default-gw EIP takes no inbound connection. LoadBalancer services
+on B's default-gw EIP and on their own EIP take TCP and UDP to b1 from both, on the declared
+ports only.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,11 +33,11 @@ from tests.conftest import ServiceProcs
 from tests.datapath import hosts, peers
 from tests.integration import helpers
 from vpcbus import stack as vpcbus_stack
-from vpcbus.client import Client, member_at
+from vpcbus.client import Client, Statuses, member_at
 from vpcbus.embedded import procs
 from vpcbus.embedded.chassis import Chassis, Vm
 from vpcbus.embedded.ovn import OvnCentral
-from vpcbus_proto.members import FipRef, FipSpec
+from vpcbus_proto.members import FipRef, FipSpec, LbServiceRef, LbServiceSpec, ServicePort
 
 pytestmark = [
     pytest.mark.datapath,
@@ -290,3 +293,75 @@ def test_a_fip_takes_b1_inbound_from_outside_and_from_a_and_outbound(
     asyncio.run(_fip(service_env["NATS_URL"], delete=True))
     assert _ask(inet, "tcp", fip, wait=1).returncode != 0
     assert _answer(b1, "tcp", INTERNET_HOST) == f"inet peer={datapath.b.eip}"
+
+
+# -- LoadBalancer services (issue 4) -----------------------------------------------------------
+
+
+vip_of: dict[str, str] = {}  # service -> its first TCP VIP, while it exists
+
+
+async def _service(nats_url: str, spec: LbServiceSpec | None, name: str = "") -> str:
+    """Create ``spec`` (or delete service ``name``) through the bus; returns its ingress
+    address once NAT programs it (or, deleting, once NAT has no load balancer for it)."""
+    client = await Client.connect(nats_url, name="vpcbus-datapath-tests")
+    try:
+        watch = await client.watch("beta", "web")
+        try:
+            if spec is None:
+                ref = LbServiceRef(organization="beta", project="web", name=name)
+                await client.delete_service(ref)
+                lb = f"LB/tcp:{vip_of.pop(name)}:"
+
+                def unprogrammed(st: Statuses) -> bool:
+                    return "nat" in st and not any(o.startswith(lb) for o in st["nat"].objects)
+
+                await watch.until(unprogrammed, timeout=30)
+                return ""
+            published = await client.upsert_service(spec)
+            done = await watch.until(member_at(spec.member, published.generation), timeout=30)
+            facts = done["ipam"].addresses
+            found = facts.service(spec.name) if facts else None
+            assert found is not None and found.ready, done["ipam"].members
+            vip_of[spec.name] = f"{found.ingress_ip}:{spec.ports[0].port}"
+            vip = f"LB/tcp:{found.ingress_ip}:{spec.ports[0].port}->"
+            await watch.until(
+                lambda st: "nat" in st and any(o.startswith(vip) for o in st["nat"].objects),
+                timeout=30,
+            )
+            return found.ingress_ip
+        finally:
+            await watch.stop()
+    finally:
+        await client.close()
+
+
+def _lb(name: str, port: int, **binding: Any) -> LbServiceSpec:
+    return LbServiceSpec(
+        organization="beta", project="web", name=name, endpoints=["10.0.0.10"],
+        ports=[ServicePort(port=port, target_port=PORT),
+               ServicePort(port=port, target_port=PORT, protocol="UDP")], **binding,
+    )  # fmt: skip
+
+
+def test_load_balancers_on_default_gw_and_on_their_own_eip_reach_b1(
+    datapath: Datapath, service_env: dict[str, str]
+) -> None:
+    a1, inet, b = datapath.vms["a1"], datapath.vms["inet"], datapath.b
+    url = service_env["NATS_URL"]
+    shared = asyncio.run(_service(url, _lb("b1-shared", 8080, bind_on_default_gw_eip=True)))
+    own = asyncio.run(_service(url, _lb("b1-own", 9090)))
+    assert shared == b.eip and own not in (b.eip, datapath.a.eip)
+    for proto in ("tcp", "udp"):
+        for ip, port in ((shared, 8080), (own, 9090)):
+            answer = peers.ask(inet, proto, ip, port)
+            assert answer.stdout.strip() == "b1 peer=100.65.0.1", (ip, port, answer.stderr)
+            # From project A: through B's EIP only, arriving as A's EIP.
+            answer = peers.ask(a1, proto, ip, port)
+            assert answer.stdout.strip() == f"b1 peer={datapath.a.eip}", (ip, port, answer.stderr)
+    # Only the declared ports: the shared EIP's other ports take nothing.
+    assert peers.ask(inet, "tcp", shared, 8081, wait=1).returncode != 0
+
+    for name in ("b1-shared", "b1-own"):
+        asyncio.run(_service(url, None, name))
+    assert peers.ask(inet, "tcp", shared, 8080, wait=1).returncode != 0
