@@ -174,3 +174,17 @@ async def test_one_address_is_the_target_of_one_fip(ipam: IpamReconciler) -> Non
     assert "10.0.0.2 is the target of FIP a" in next(
         m.message for m in result.members if m.member == "fip.b"
     )
+
+
+async def test_a_fip_on_another_network_than_the_router_is_refused(ipam: IpamReconciler) -> None:
+    # A cloud project's router has a port on cloud only: a public FIP's replies could not
+    # leave through it. Refused, its own EIP is not even allocated; a named EIP likewise.
+    members = [eip("pub", "public"), fip("x", ipAddress="10.0.0.9", externalNetworkType="public"),
+               fip("y", ipAddress="10.0.0.10", eip="pub")]  # fmt: skip
+    result = await ipam.reconcile(ctx(record(), members))
+    assert states(result)["fip.x"] == ("Error", "NetworkNotRouted")
+    assert states(result)["fip.y"] == ("Error", "NetworkNotRouted")
+    assert "router is on cloud only" in next(
+        m.message for m in result.members if m.member == "fip.x"
+    )
+    assert not any(n.startswith("fip-") for n in eips(result))

@@ -123,3 +123,17 @@ async def test_a_port_conflict_resolves_itself_when_the_first_service_goes(
     )
     result = await ipam.reconcile(ctx(record(), [svc("a", 2, deleted=True), second]))
     assert services(result)["b"].ready
+
+
+async def test_a_service_on_another_network_than_the_router_is_refused(
+    ipam: IpamReconciler,
+) -> None:
+    members = [
+        eip("pub", "public"),
+        svc("a", endpoints=["10.0.0.5"], externalNetworkType="public"),
+        svc("b", endpoints=["10.0.0.5"], bindOnEip="pub"),
+    ]
+    result = await ipam.reconcile(ctx(record(), members))
+    assert states(result)["service.a"] == ("Error", "NetworkNotRouted")
+    assert states(result)["service.b"] == ("Error", "NetworkNotRouted")
+    assert not any(n.startswith("slb-") for n in eips(result))

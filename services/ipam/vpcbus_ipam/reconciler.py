@@ -436,7 +436,7 @@ class IpamReconciler:
         claimed: dict[str, str] = {}  # user EIP or "target/<ip>" -> the FIP that has it
         for _name, rec in sorted(fips.items()):
             assert rec.fip is not None
-            own = await self._fip(out, ctx.key, subnet, rec, rec.fip, claimed)
+            own = await self._fip(out, ctx.key, subnet, rec, rec.fip, claimed, gateway.network)
             if own is not None:
                 fip_holders.add(own)
         services = {r.service.name: r for r in live.values() if r.service is not None}
@@ -534,6 +534,7 @@ class IpamReconciler:
         rec: MemberRecord,
         spec: FipSpec,
         claimed: dict[str, str],
+        egress: str,
     ) -> str | None:
         """Resolve a FIP's target and external address (after the NICs and EIPs of the run).
 
@@ -574,6 +575,9 @@ class IpamReconciler:
                 other = claimed.setdefault(spec.eip, spec.name)
                 if external is None or not external.ready:
                     problem = problem or ("EipNotFound", f"no ready EIP {spec.eip} in the project")
+                elif external.network != egress:
+                    problem = problem or _unrouted(spec.eip, external.network, egress)
+                    external = None
                 elif other != spec.name:
                     problem = problem or ("EipInUse", f"EIP {spec.eip} is taken by FIP {other}")
                 else:
@@ -595,6 +599,8 @@ class IpamReconciler:
                     "ExternalNetworkTypeImmutable",
                     f"the FIP's EIP already has an address on {held}",
                 )
+            elif network != egress:
+                problem = problem or _unrouted(eip_name, network, egress)
             else:
                 try:
                     bound = await self.book.ensure(pool, own)
@@ -664,6 +670,9 @@ class IpamReconciler:
             if external is None or not external.ready:
                 problem = problem or ("EipNotFound", f"no ready EIP {eip_name} in the project")
                 external = None
+            elif external.network != gateway.network:
+                problem = problem or _unrouted(eip_name, external.network, gateway.network)
+                external = None
             elif external.ownership_type == "Exclusive":
                 holders = ", ".join(external.owners)
                 problem = problem or ("EipInUse", f"EIP {eip_name} is taken by {holders}")
@@ -684,6 +693,8 @@ class IpamReconciler:
                     "ExternalNetworkTypeImmutable",
                     f"the service's EIP is already on {held}",
                 )
+            elif network != gateway.network:
+                problem = problem or _unrouted(eip_name, network, gateway.network)
             else:
                 try:
                     bound = await self.book.ensure(pool, own)
@@ -844,6 +855,16 @@ def member_holder(project_key: str, member: str) -> str:
         return "/".join(parts)
     holder = {"fip": fip_holder, "service": service_holder}.get(kind, eip_holder)
     return holder(project_key, parts[0])
+
+
+def _unrouted(eip: str, network: str, egress: str) -> tuple[str, str]:
+    """A FIP or service EIP on a network the project's router has no port on: its replies
+    could not leave that way. Refused, instead of Kube-DC's source-based reroute policy."""
+    return (
+        "NetworkNotRouted",
+        f"EIP {eip} would be on {network}, but the project's router is on {egress} only "
+        f"(its egressNetworkType); use an EIP of {egress}",
+    )
 
 
 def _external(
