@@ -7,7 +7,8 @@ that just connected and for ``GET /api/state``. It is all JSON-ready data, named
 (camelCase):
 
 * ``projects``: a row per project: each service's state, reason, message and generation, IPAM's
-  CIDR, egress, gateway and EIPs, and ``fips`` (always empty: no FIP events exist yet).
+  CIDR, egress, gateway and EIPs, its floating IPs (``fips``: ``name ext -> target``) and
+  LoadBalancer services (``loadBalancers``: ``name ip ports``), each marked when not ready.
 * ``events``: the last :data:`MAX_EVENTS` lifecycle events, oldest first, each summed up as
   ``vpcbus watch`` does (:func:`vpcbus.messages.describe`) and flagged ``invalid`` when the
   services will reject it.
@@ -189,13 +190,13 @@ def row(key: str, statuses: dict[str, ServiceStatus]) -> Json:
             for service, st in statuses.items()
         },
         **_addresses(facts),
-        "fips": [],  # no FIP events exist yet (a later issue adds fip.*)
     }
 
 
 def _addresses(facts: AddressFacts | None) -> Json:
     if facts is None:
-        return {"cidr": None, "egress": None, "gateway": None, "eips": [], "workloads": 0}
+        return {"cidr": None, "egress": None, "gateway": None, "eips": [], "workloads": 0,
+                "fips": [], "loadBalancers": []}  # fmt: skip
     eips = [
         {
             "name": e.name,
@@ -214,4 +215,15 @@ def _addresses(facts: AddressFacts | None) -> Json:
         "gateway": facts.gateway_ip,
         "eips": eips,
         "workloads": len(facts.workloads),
+        "fips": [
+            f"{f.name} {f.external_ip or '?'} -> {f.target_ip or '?'}"
+            + ("" if f.ready else f" ({f.reason})")
+            for f in facts.fips
+        ],
+        "loadBalancers": [
+            f"{s.name} {s.ingress_ip or '<pending>'} "
+            + ",".join(f"{p.port}/{p.protocol}" for p in s.ports)
+            + ("" if s.ready else f" ({s.reason})")
+            for s in facts.services
+        ],
     }

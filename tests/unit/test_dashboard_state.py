@@ -19,7 +19,10 @@ from vpcbus_proto.projects import ProjectSpec
 from vpcbus_proto.status import (
     AddressFacts,
     ExternalAddress,
+    FloatingIp,
+    LoadBalancer,
     PoolUsage,
+    PortState,
     ServiceStatus,
     State,
     Usage,
@@ -105,7 +108,7 @@ def test_four_ready_services_make_a_ready_row_with_ipam_facts() -> None:
             "reason": "", "ownershipType": "Shared", "owners": ["snat"],
         }
     ]  # fmt: skip
-    assert row["fips"] == []
+    assert row["fips"] == [] and row["loadBalancers"] == []
 
 
 def test_a_row_is_not_ready_while_a_service_lags_errs_or_is_missing() -> None:
@@ -128,7 +131,7 @@ def test_a_row_is_not_ready_while_a_service_lags_errs_or_is_missing() -> None:
 def test_a_project_without_ipam_has_no_addresses() -> None:
     board = boards.Board()
     _, row = take_status(board, status("dns")) or ("", {})
-    assert (row["cidr"], row["eips"], row["fips"]) == (None, [], [])
+    assert (row["cidr"], row["eips"], row["fips"], row["loadBalancers"]) == (None, [], [], [])
 
 
 def test_deleted_everywhere_then_erased_removes_the_row() -> None:
@@ -300,3 +303,21 @@ def test_the_page_loads_nothing_from_elsewhere_and_writes_no_markup() -> None:
     assert 'new EventSource("events")' in page
     for kind in ("snapshot", "project", "pool", "event", "failure"):
         assert re.search(rf"^\s+{kind}\(", page, re.M), kind
+
+
+def test_a_row_lists_the_projects_fips_and_load_balancers() -> None:
+    board = boards.Board()
+    st = status("ipam")
+    assert st.addresses is not None
+    facts = st.addresses.model_copy(update={
+        "fips": [FloatingIp(name="ssh", eip="fip-ssh-abcde", external_ip="100.65.0.9",
+                            target_ip="10.0.0.5", ready=True),
+                 FloatingIp(name="db", eip="fip-db-abcde", ready=False, reason="TargetNotFound")],
+        "services": [LoadBalancer(name="web", eip="default-gw", ingress_ip="100.65.0.2",
+                                  endpoints=["10.0.0.5"], ready=True,
+                                  ports=[PortState(port=80, target_port=8080, protocol="TCP",
+                                                   ready=True)])],
+    })  # fmt: skip
+    _, row = take_status(board, st.model_copy(update={"addresses": facts})) or ("", {})
+    assert row["fips"] == ["ssh 100.65.0.9 -> 10.0.0.5", "db ? -> ? (TargetNotFound)"]
+    assert row["loadBalancers"] == ["web 100.65.0.2 80/TCP"]
