@@ -69,6 +69,24 @@ class ProjectSpec(ProjectRef):
         default=None,
         description="Gateway address inside cidrBlock; defaults to the first usable address.",
     )
+    egress_allowlist: list[str] | None = Field(
+        default=None,
+        description="With egress network isolation on (VPCBUS_EGRESS_ISOLATION): external "
+        "addresses (IPv4 CIDRs) the project may reach besides its own EIPs and the gateways.",
+    )
+
+    @field_validator("egress_allowlist")
+    @classmethod
+    def _valid_allowlist(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        out = []
+        for item in value:
+            try:
+                out.append(str(ipaddress.IPv4Network(item, strict=True)))
+            except ValueError as exc:
+                raise ValueError(f"egressAllowlist {item!r} is not an IPv4 CIDR: {exc}") from None
+        return out
 
     @field_validator("cidr_block")
     @classmethod

@@ -121,6 +121,14 @@ class MemberStatus(_Model):
     message: str = ""
 
 
+class ExternalNetwork(_Model):
+    """An external network (an IPAM pool) as the platform configures it."""
+
+    name: str
+    cidr: str
+    gateway: str
+
+
 class AddressFacts(_Model):
     """IPAM's facts about a project: the admitted spec and its addresses."""
 
@@ -131,6 +139,9 @@ class AddressFacts(_Model):
     workloads: list[WorkloadAddress] = Field(default_factory=list)
     fips: list[FloatingIp] = Field(default_factory=list)
     services: list[LoadBalancer] = Field(default_factory=list)
+    external_networks: list[ExternalNetwork] = Field(
+        default_factory=list, description="The platform's external networks (for isolation)."
+    )
     subnet: Usage | None = Field(default=None, description="Accounting of cidrBlock.")
 
     def eip(self, name: str) -> ExternalAddress | None:

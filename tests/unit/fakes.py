@@ -221,6 +221,7 @@ SCHEMA: dict[str, dict[str, Column]] = {
         "name": SCALAR,
         "ports": SET,
         "dns_records": SET,
+        "acls": SET,
         "other_config": MAP,
         "external_ids": MAP,
     },
@@ -251,6 +252,13 @@ SCHEMA: dict[str, dict[str, Column]] = {
         "external_ids": MAP,
     },
     "DNS": {"records": MAP, "external_ids": MAP},
+    "ACL": {
+        "direction": SCALAR,
+        "priority": SCALAR,
+        "match": SCALAR,
+        "action": SCALAR,
+        "external_ids": MAP,
+    },
     "Load_Balancer": {"name": SCALAR, "protocol": SCALAR, "vips": MAP, "external_ids": MAP},
 }
 

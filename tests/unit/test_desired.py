@@ -21,6 +21,7 @@ from vpcbus_proto.projects import ProjectSpec
 from vpcbus_proto.status import (
     AddressFacts,
     ExternalAddress,
+    ExternalNetwork,
     FloatingIp,
     LoadBalancer,
     PortState,
@@ -514,3 +515,51 @@ def test_load_balancers_are_attached_converged_in_place_and_removed() -> None:
     assert removed == 2  # the SNAT row and the load balancer
     assert nb.rows("Load_Balancer") == [] and router.load_balancer == []
     assert nat_ovn.owned_projects(nb) == set()
+
+
+# -- egress network isolation ------------------------------------------------------------------
+
+NETWORKS = [
+    ExternalNetwork(name="cloud", cidr="100.65.0.0/16", gateway="100.65.0.1"),
+    ExternalNetwork(name="public", cidr="203.0.113.0/24", gateway="203.0.113.1"),
+]
+
+
+def isolated(spec: ProjectSpec, isolation: vpc_desired.Isolation) -> DesiredVpc:
+    gw = eip()
+    facts = AddressFacts(
+        cidr_block=spec.cidr_block, egress_network_type="cloud", gateway_ip=str(spec.gateway),
+        eips=[gw, eip("100.65.0.9").model_copy(update={"name": "fip-x-abcde"})],
+        external_networks=NETWORKS,
+    )  # fmt: skip
+    return vpc_desired.build(spec.key, spec.namespace, spec, gw, facts, chassis="gw1",
+                             isolation=isolation)  # fmt: skip
+
+
+def test_isolation_off_adds_no_acl_and_on_drops_new_connections_to_external_networks() -> None:
+    spec = project("acme", "shop").model_copy(update={"egress_allowlist": ["100.65.7.0/24"]})
+    assert isolated(spec, vpc_desired.NO_ISOLATION).acls == ()
+    on = vpc_desired.Isolation(enabled=True, allow=("203.0.113.64/26",))
+    (drop,) = isolated(spec, on).acls
+    assert (drop.direction, drop.priority, drop.action) == ("from-lport", 1001, "drop")
+    assert drop.match == (
+        "ip4.dst == {100.65.0.0/16, 203.0.113.0/24} && ip4.dst != {100.65.0.1/32, "
+        "100.65.0.2/32, 100.65.0.9/32, 100.65.7.0/24, 203.0.113.1/32, 203.0.113.64/26}"
+    )  # the own EIPs, both gateways, the global and the project's allowlist
+
+
+def test_isolation_acls_are_converged_and_removed_when_it_is_turned_off() -> None:
+    nb = FakeNb()
+    on = vpc_desired.Isolation(enabled=True)
+    spec = project("acme", "shop")
+    converge_vpc(nb, isolated(spec, on))
+    switch = nb.named("Logical_Switch", "acme-shop-default")
+    first = sorted(a.uuid for a in switch.acls)
+    assert len(first) == 1 and all(ids(a)[OWNER] == "vpc" for a in switch.acls)
+    converge_vpc(nb, isolated(spec, on))
+    assert sorted(a.uuid for a in switch.acls) == first  # unchanged: kept
+    allowed = spec.model_copy(update={"egress_allowlist": ["100.65.7.0/24"]})
+    converge_vpc(nb, isolated(allowed, on))
+    assert len(switch.acls) == 1 and sorted(a.uuid for a in switch.acls) != first
+    converge_vpc(nb, isolated(spec, vpc_desired.NO_ISOLATION))
+    assert switch.acls == [] and nb.rows("ACL") == []

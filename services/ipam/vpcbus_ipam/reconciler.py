@@ -36,6 +36,7 @@ from vpcbus_proto.projects import ProjectSpec
 from vpcbus_proto.status import (
     AddressFacts,
     ExternalAddress,
+    ExternalNetwork,
     FloatingIp,
     LoadBalancer,
     MemberStatus,
@@ -333,6 +334,10 @@ class IpamReconciler:
             workloads=members.workloads,
             fips=members.fips,
             services=members.services,
+            external_networks=[
+                ExternalNetwork(name=p.name, cidr=str(p.network), gateway=str(p.gateway))
+                for _name, p in sorted(self.policy.pools.items())
+            ],
             subnet=self.usage(subnet),
         )
         message = f"{GATEWAY_EIP} {gw.ip} on {pool.name}"

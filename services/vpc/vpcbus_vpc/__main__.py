@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 
 from nats.js import JetStreamContext
@@ -10,14 +11,35 @@ from vpcbus_runtime import service
 from vpcbus_runtime.ovn import NbSession
 from vpcbus_runtime.settings import Settings
 from vpcbus_vpc import ovn
+from vpcbus_vpc.desired import Isolation
 from vpcbus_vpc.reconciler import VpcReconciler
 
 DEFAULT_CHASSIS = "vpcbus-chassis-1"
 
 
+def isolation_from_env() -> Isolation:
+    """``VPCBUS_EGRESS_ISOLATION`` (true/false, default false) and ``VPCBUS_EGRESS_ALLOW``
+    (comma-separated IPv4 CIDRs, the global allowlist); a bad value stops the service."""
+    enabled = os.environ.get("VPCBUS_EGRESS_ISOLATION", "false").strip().lower()
+    if enabled not in ("true", "false", "1", "0", "yes", "no", ""):
+        raise SystemExit(f"VPCBUS_EGRESS_ISOLATION={enabled!r}: want true or false")
+    allow = []
+    for item in os.environ.get("VPCBUS_EGRESS_ALLOW", "").split(","):
+        if item.strip():
+            try:
+                allow.append(str(ipaddress.IPv4Network(item.strip(), strict=True)))
+            except ValueError as exc:
+                raise SystemExit(f"VPCBUS_EGRESS_ALLOW: {item.strip()!r}: {exc}") from None
+    return Isolation(enabled in ("true", "1", "yes"), tuple(allow))
+
+
 async def build(settings: Settings, _js: JetStreamContext) -> VpcReconciler:
     chassis = os.environ.get("VPCBUS_GATEWAY_CHASSIS", DEFAULT_CHASSIS)
-    return VpcReconciler(NbSession(settings.ovn_nb_db, tables=ovn.TABLES), chassis=chassis)
+    return VpcReconciler(
+        NbSession(settings.ovn_nb_db, tables=ovn.TABLES),
+        chassis=chassis,
+        isolation=isolation_from_env(),
+    )
 
 
 def main() -> None:

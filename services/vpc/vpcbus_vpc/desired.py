@@ -9,6 +9,7 @@ namespace ``<org>-<project>``):
 * router port ``N-ext-<network>`` at the gateway EIP (Kube-DC's ``<N>-ext-cloud`` OvnEip),
   switch port ``ext-<network>-N`` on the shared external switch ``ext-<network>``
 * static route ``0.0.0.0/0`` via the external network's gateway
+* with egress network isolation on: a drop ACL on ``N-default`` (see :func:`isolation_acls`)
 * one switch port per NIC that IPAM addressed, named as Kube-OVN names pod and VM ports
   (:func:`vpcbus_proto.names.workload_port`), with its MAC and IP as ``addresses`` and as
   ``port_security`` (anti-spoofing, as Neutron does by default)
@@ -43,6 +44,55 @@ class Route:
 
 
 @dataclass(frozen=True)
+class Acl:
+    direction: str  # "from-lport" | "to-lport"
+    priority: int
+    match: str
+    action: str  # "allow-related" | "drop" | ...
+
+
+#: The priority of the egress isolation ACL.
+ISOLATION_DROP = 1001
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """Egress network isolation, as the platform configures it (Kube-DC's
+    ``egress_network_isolation``): off, or on with a global allowlist of IPv4 CIDRs."""
+
+    enabled: bool = False
+    allow: tuple[str, ...] = ()
+
+
+def isolation_acls(isolation: Isolation, spec: ProjectSpec, facts: AddressFacts) -> tuple[Acl, ...]:
+    """Packets from the project's workloads to addresses of the external networks are dropped,
+    except to the project's own EIPs (FIP and load balancer EIPs included), the networks'
+    gateways and the allowlists (global, and the project's ``egressAllowlist``); the internet
+    beyond the external networks is not touched. Stateless, and so in both directions of a
+    conversation: a project answers a client on another project's EIP only if that EIP is
+    allowlisted too (OVN's switch conntrack skips traffic from router ports, so a stateful ACL
+    could not tell the reply of an inbound connection from a new one). Two isolated projects
+    talk when each allowlists the other."""
+    if not isolation.enabled or not facts.external_networks:
+        return ()
+    nets = sorted({n.cidr for n in facts.external_networks})
+    allowed = sorted(
+        {f"{e.ip_address}/32" for e in facts.eips if e.ip_address}
+        | {f"{n.gateway}/32" for n in facts.external_networks}
+        | set(isolation.allow)
+        | set(spec.egress_allowlist or ())
+    )
+    match = f"ip4.dst == {{{', '.join(nets)}}}"
+    if allowed:
+        match += f" && ip4.dst != {{{', '.join(allowed)}}}"
+    return (Acl("from-lport", ISOLATION_DROP, match, "drop"),)
+
+
+#: Egress isolation off (the default, as in Kube-DC).
+NO_ISOLATION = Isolation()
+
+
+@dataclass(frozen=True)
 class WorkloadPort:
     """The switch port of one NIC on the project switch."""
 
@@ -69,6 +119,7 @@ class DesiredVpc:
     external_network: str
     routes: tuple[Route, ...]
     workloads: tuple[WorkloadPort, ...] = ()
+    acls: tuple[Acl, ...] = ()
 
     def objects(self) -> list[str]:
         return [
@@ -101,7 +152,7 @@ def workload_ports(namespace: str, nics: list[WorkloadAddress]) -> tuple[Workloa
 
 def build(
     key: str, namespace: str, spec: ProjectSpec, gw: ExternalAddress, facts: AddressFacts,
-    *, chassis: str,
+    *, chassis: str, isolation: Isolation = NO_ISOLATION,
 ) -> DesiredVpc:  # fmt: skip
     """The VPC of one project from its spec, IPAM's gateway EIP and its addressed NICs."""
     router = namespace
@@ -133,4 +184,5 @@ def build(
         external_network=gw.network,
         routes=(Route("0.0.0.0/0", gw.gateway),),
         workloads=workload_ports(namespace, facts.workloads),
+        acls=isolation_acls(isolation, spec, facts),
     )

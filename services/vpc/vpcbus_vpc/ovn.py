@@ -32,6 +32,7 @@ TABLES = (
     "Logical_Router_Static_Route",
     "Logical_Switch",
     "Logical_Switch_Port",
+    "ACL",
 )
 
 
@@ -211,7 +212,32 @@ def converge_vpc(api: Any, txn: Txn, want: DesiredVpc) -> dict[str, str]:
     _switch_port(api, txn, ext_switch, want.external, ids)
     _routes(txn, api, router, want, ids)
     _drop_stale_ports(api, want, router, switch, switch_ports)
+    _acls(api, txn, switch, want, ids)
     return _workload_ports(api, txn, switch, switch_ports, want, ids)
+
+
+def _acls(api: Any, txn: Txn, switch: Row, want: DesiredVpc, ids: dict[str, str]) -> None:
+    """The switch's ACLs are exactly ``want.acls``: a changed one is replaced."""
+    current = list(getattr(switch, "acls", []))
+    keep = []
+    for acl in want.acls:
+        match = next(
+            (a for a in current
+             if (a.direction, a.priority, a.match, a.action)
+             == (acl.direction, acl.priority, acl.match, acl.action) and a not in keep),
+            None,
+        )  # fmt: skip
+        if match is None:
+            match = ovn.insert(
+                api, txn, "ACL", direction=acl.direction, priority=acl.priority,
+                match=acl.match, action=acl.action, external_ids=ids,
+            )  # fmt: skip
+            switch.addvalue("acls", match)
+        keep.append(match)
+    for stale in current:
+        if stale not in keep and stale.external_ids.get(OWNER) == SERVICE:
+            switch.delvalue("acls", stale)
+            stale.delete()
 
 
 def teardown_vpc(api: Any, txn: Txn, key: str) -> list[str]:

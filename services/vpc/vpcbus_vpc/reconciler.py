@@ -31,9 +31,12 @@ class VpcReconciler:
     watches: Sequence[ServiceName] = ("ipam", "nat", "dns")
     purge_after: Sequence[ServiceName] = ("ipam",)
 
-    def __init__(self, nb: NbSession, *, chassis: str) -> None:
+    def __init__(
+        self, nb: NbSession, *, chassis: str, isolation: desired.Isolation = desired.NO_ISOLATION
+    ) -> None:
         self.nb = nb
         self.chassis = chassis
+        self.isolation = isolation
 
     def close(self) -> None:
         self.nb.close()
@@ -86,6 +89,7 @@ class VpcReconciler:
             gw,
             ipam.addresses,
             chassis=self.chassis,
+            isolation=self.isolation,
         )
         conflicts = await self.nb.transact(lambda api, txn: ovn.converge_vpc(api, txn, want))
         message = f"router {want.router}, {len(want.workloads) - len(conflicts)} workload ports"
