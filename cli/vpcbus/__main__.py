@@ -23,6 +23,7 @@ from vpcbus import addressing, dashboard, stack, tables, tracing, vms, watching
 from vpcbus.client import RejectedError, WaitTimeoutError, deleted_at, ready_at
 from vpcbus.common import (
     EXIT_FAILED,
+    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_TIMEOUT,
     EXIT_UNREACHABLE,
@@ -345,6 +346,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except CliError as exc:
         print(f"error: {exc}", file=sys.stderr)
         code = exc.code
+    except KeyboardInterrupt:  # Ctrl-C: what was published stays published; no traceback
+        print("interrupted", file=sys.stderr)
+        code = EXIT_INTERRUPTED
     sys.exit(code)
 
 

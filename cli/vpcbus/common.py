@@ -19,6 +19,8 @@ from vpcbus.client import Client
 from vpcbus_proto import names
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
+#: Ctrl-C (SIGINT), as shells report it.
+EXIT_INTERRUPTED = 130
 
 
 class CliError(Exception):
