@@ -20,35 +20,10 @@ from typing import Any, Final
 from pydantic import BaseModel
 
 from vpcbus_proto import errors, events, schemas, status, subjects
-from vpcbus_proto.events import (
-    EipCreated,
-    EipDeleted,
-    FipCreated,
-    FipDeleted,
-    ProjectDeleted,
-    ProjectUpserted,
-    ServiceDeleted,
-    ServiceUpserted,
-    WorkloadAttached,
-    WorkloadDetached,
-)
 from vpcbus_proto.subjects import EventFamily, ServiceName
 
 #: The message model of each lifecycle subject.
-EVENT_MODELS: Final[dict[str, type[BaseModel]]] = {
-    subjects.PROJECT_CREATED: ProjectUpserted,
-    subjects.PROJECT_UPDATED: ProjectUpserted,
-    subjects.PROJECT_DELETED: ProjectDeleted,
-    subjects.WORKLOAD_ATTACHED: WorkloadAttached,
-    subjects.WORKLOAD_DETACHED: WorkloadDetached,
-    subjects.EIP_CREATED: EipCreated,
-    subjects.EIP_DELETED: EipDeleted,
-    subjects.FIP_CREATED: FipCreated,
-    subjects.FIP_DELETED: FipDeleted,
-    subjects.SERVICE_CREATED: ServiceUpserted,
-    subjects.SERVICE_UPDATED: ServiceUpserted,
-    subjects.SERVICE_DELETED: ServiceDeleted,
-}
+EVENT_MODELS: Final[dict[str, type[BaseModel]]] = dict(events.EVENT_MODELS)
 #: The event families each service consumes (its reconciler's ``consumes``).
 CONSUMES: Final[dict[ServiceName, tuple[EventFamily, ...]]] = {
     "ipam": ("project", "workload", "eip", "fip", "service"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Final, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -99,6 +99,24 @@ class ServiceUpserted(CloudEvent[LbServiceSpec]):
 
 class ServiceDeleted(CloudEvent[LbServiceRef]):
     """``service.deleted``: its load balancer goes; an EIP it allocated goes back to its pool."""
+
+
+#: The message model of each lifecycle subject: what the services validate (runtime's intake),
+#: what the schemas and the AsyncAPI document describe.
+EVENT_MODELS: Final[dict[str, type[CloudEvent[Any]]]] = {
+    subjects.PROJECT_CREATED: ProjectUpserted,
+    subjects.PROJECT_UPDATED: ProjectUpserted,
+    subjects.PROJECT_DELETED: ProjectDeleted,
+    subjects.WORKLOAD_ATTACHED: WorkloadAttached,
+    subjects.WORKLOAD_DETACHED: WorkloadDetached,
+    subjects.EIP_CREATED: EipCreated,
+    subjects.EIP_DELETED: EipDeleted,
+    subjects.FIP_CREATED: FipCreated,
+    subjects.FIP_DELETED: FipDeleted,
+    subjects.SERVICE_CREATED: ServiceUpserted,
+    subjects.SERVICE_UPDATED: ServiceUpserted,
+    subjects.SERVICE_DELETED: ServiceDeleted,
+}
 
 
 def new_event(

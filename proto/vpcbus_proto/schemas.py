@@ -30,6 +30,7 @@ from pydantic import BaseModel
 
 from vpcbus_proto.errors import ErrorEvent
 from vpcbus_proto.events import (
+    EVENT_MODELS,
     EipCreated,
     EipDeleted,
     FipCreated,
@@ -61,20 +62,7 @@ MODELS: dict[str, type[BaseModel]] = {
 }
 
 #: Messages that users publish and services validate; the others are published by services.
-INBOUND: frozenset[type[BaseModel]] = frozenset(
-    {
-        ProjectUpserted,
-        ProjectDeleted,
-        WorkloadAttached,
-        WorkloadDetached,
-        EipCreated,
-        EipDeleted,
-        FipCreated,
-        FipDeleted,
-        ServiceUpserted,
-        ServiceDeleted,
-    }
-)
+INBOUND: frozenset[type[BaseModel]] = frozenset(EVENT_MODELS.values())
 
 #: Where the committed schemas live (shipped as package data).
 DIRECTORY = Path(__file__).with_name("schemas")

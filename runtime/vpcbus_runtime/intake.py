@@ -8,24 +8,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
 
 from pydantic import ValidationError
 
 from vpcbus_proto import names, subjects
 from vpcbus_proto.events import (
+    EVENT_MODELS,
     MAX_EVENT_BYTES,
-    CloudEvent,
-    EipCreated,
-    EipDeleted,
-    FipCreated,
-    FipDeleted,
-    ProjectDeleted,
-    ProjectUpserted,
-    ServiceDeleted,
-    ServiceUpserted,
-    WorkloadAttached,
-    WorkloadDetached,
 )
 from vpcbus_proto.members import (
     EipRef,
@@ -64,20 +53,8 @@ class AcceptedMember:
     service: LbServiceSpec | None = None
 
 
-_MODELS: dict[str, type[CloudEvent[Any]]] = {
-    subjects.PROJECT_CREATED: ProjectUpserted,
-    subjects.PROJECT_UPDATED: ProjectUpserted,
-    subjects.PROJECT_DELETED: ProjectDeleted,
-    subjects.WORKLOAD_ATTACHED: WorkloadAttached,
-    subjects.WORKLOAD_DETACHED: WorkloadDetached,
-    subjects.EIP_CREATED: EipCreated,
-    subjects.EIP_DELETED: EipDeleted,
-    subjects.FIP_CREATED: FipCreated,
-    subjects.FIP_DELETED: FipDeleted,
-    subjects.SERVICE_CREATED: ServiceUpserted,
-    subjects.SERVICE_UPDATED: ServiceUpserted,
-    subjects.SERVICE_DELETED: ServiceDeleted,
-}
+#: What each lifecycle subject carries (one table for the services, schemas and docs).
+_MODELS = EVENT_MODELS
 
 
 @dataclass(frozen=True)
