@@ -551,8 +551,7 @@ class IpamReconciler:
         if spec.vm_target is not None:
             vm = spec.vm_target.vm_name
             iface = spec.vm_target.interface_name or DEFAULT_INTERFACE
-            nic = next((w for w in out.workloads if w.kind == "vm" and w.name == vm
-                        and w.interface == iface), None)  # fmt: skip
+            nic = _vm_nic(out, vm, iface)
             if nic is None:
                 problem = ("TargetNotFound", f"VM {vm} has no address on interface {iface}")
             else:
@@ -576,16 +575,14 @@ class IpamReconciler:
                 problem = problem or ("EipReserved", f"{GATEWAY_EIP} is shared by the project's "
                                       "SNAT; a FIP needs an EIP of its own")  # fmt: skip
             else:
-                external = next((e for e in out.eips if e.name == spec.eip), None)
+                external, refused = _user_eip(out, spec.eip, egress)
                 other = claimed.setdefault(spec.eip, spec.name)
-                if external is None or not external.ready:
-                    problem = problem or ("EipNotFound", f"no ready EIP {spec.eip} in the project")
-                elif external.network != egress:
-                    problem = problem or _unrouted(spec.eip, external.network, egress)
-                    external = None
+                if refused is not None:
+                    problem = problem or refused
                 elif other != spec.name:
                     problem = problem or ("EipInUse", f"EIP {spec.eip} is taken by FIP {other}")
                 else:
+                    assert external is not None
                     exclusive = external.model_copy(
                         update={"ownership_type": "Exclusive", "owners": [f"FIp/{spec.name}"]}
                     )
@@ -593,29 +590,11 @@ class IpamReconciler:
                     external = exclusive
         else:
             own = fip_holder(key, spec.name)
-            network = spec.external_network_type or self.policy.default_network
-            pool = self.policy.pools.get(network)
-            held = self._held_pool(own)
-            if pool is None:
-                problem = problem or ("UnknownNetwork", f"no external pool is configured for "
-                                      f"{network!r}")  # fmt: skip
-            elif held is not None and held != network:
-                problem = problem or (
-                    "ExternalNetworkTypeImmutable",
-                    f"the FIP's EIP already has an address on {held}",
-                )
-            elif network != egress:
-                problem = problem or _unrouted(eip_name, network, egress)
-            else:
-                try:
-                    bound = await self.book.ensure(pool, own)
-                except AllocationError as exc:
-                    problem = problem or (exc.reason, exc.message)
-                    out.retry = out.retry or exc.reason == "NoAvailableIPs"
-                else:
-                    external = _external(eip_name, bound, pool, ownership="Exclusive",
-                                         owners=[f"FIp/{spec.name}"])  # fmt: skip
-                    out.eips.append(external)
+            external, refused = await self._own_eip(
+                out, own, eip_name, spec.external_network_type, egress, what="FIP",
+                ownership="Exclusive", owners=[f"FIp/{spec.name}"],
+            )  # fmt: skip
+            problem = problem or refused
         ready = problem is None and external is not None
         out.fips.append(
             FloatingIp(
@@ -650,8 +629,7 @@ class IpamReconciler:
         problem: tuple[str, str] | None = None
         endpoints = list(spec.endpoints)
         if spec.vm_selector is not None:
-            nic = next((w for w in out.workloads if w.kind == "vm" and w.name == spec.vm_selector
-                        and w.interface == DEFAULT_INTERFACE), None)  # fmt: skip
+            nic = _vm_nic(out, spec.vm_selector, DEFAULT_INTERFACE)
             if nic is None:
                 problem = ("TargetNotFound", f"VM {spec.vm_selector} has no address")
             else:
@@ -671,44 +649,21 @@ class IpamReconciler:
             eip_name = GATEWAY_EIP
         elif spec.bind_on_eip is not None:
             eip_name = spec.bind_on_eip
-            external = next((e for e in out.eips if e.name == eip_name), None)
-            if external is None or not external.ready:
-                problem = problem or ("EipNotFound", f"no ready EIP {eip_name} in the project")
-                external = None
-            elif external.network != gateway.network:
-                problem = problem or _unrouted(eip_name, external.network, gateway.network)
-                external = None
-            elif external.ownership_type == "Exclusive":
+            external, refused = _user_eip(out, eip_name, gateway.network)
+            if refused is not None:
+                problem = problem or refused
+            elif external is not None and external.ownership_type == "Exclusive":
                 holders = ", ".join(external.owners)
                 problem = problem or ("EipInUse", f"EIP {eip_name} is taken by {holders}")
                 external = None
         else:
             eip_name = service_eip_name(key, spec.name)
             own = service_holder(key, spec.name)
-            network = spec.external_network_type or self.policy.default_network
-            pool = self.policy.pools.get(network)
-            held = self._held_pool(own)
-            if pool is None:
-                problem = problem or (
-                    "UnknownNetwork",
-                    f"no external pool is configured for {network!r}",
-                )
-            elif held is not None and held != network:
-                problem = problem or (
-                    "ExternalNetworkTypeImmutable",
-                    f"the service's EIP is already on {held}",
-                )
-            elif network != gateway.network:
-                problem = problem or _unrouted(eip_name, network, gateway.network)
-            else:
-                try:
-                    bound = await self.book.ensure(pool, own)
-                except AllocationError as exc:
-                    problem = problem or (exc.reason, exc.message)
-                    out.retry = out.retry or exc.reason == "NoAvailableIPs"
-                else:
-                    external = _external(eip_name, bound, pool, ownership="Shared", owners=[])
-                    out.eips.append(external)
+            external, refused = await self._own_eip(
+                out, own, eip_name, spec.external_network_type, gateway.network,
+                what="service", ownership="Shared", owners=[],
+            )  # fmt: skip
+            problem = problem or refused
         taken = [
             (p, ports[(eip_name, p.port, p.protocol)])
             for p in spec.ports
@@ -752,6 +707,42 @@ class IpamReconciler:
             listed = ", ".join(f"{p.port}/{p.protocol}" for p in spec.ports)
             out.state(rec, "Ready", "Resolved", f"{external.ip_address} {listed}")
         return own
+
+    async def _own_eip(
+        self,
+        out: _Members,
+        holder: str,
+        name: str,
+        network: str | None,
+        egress: str,
+        *,
+        what: str,
+        ownership: str,
+        owners: list[str],
+    ) -> tuple[ExternalAddress | None, tuple[str, str] | None]:
+        """The EIP a FIP or service allocates for itself on ``network`` (the platform default
+        when None), listed in ``out.eips``; or why not (the project is then retried while the
+        pool is exhausted). Its network is immutable and must be the router's (``egress``)."""
+        network = network or self.policy.default_network
+        pool = self.policy.pools.get(network)
+        held = self._held_pool(holder)
+        if pool is None:
+            return None, ("UnknownNetwork", f"no external pool is configured for {network!r}")
+        if held is not None and held != network:
+            return None, (
+                "ExternalNetworkTypeImmutable",
+                f"the {what}'s EIP already has an address on {held}",
+            )
+        if network != egress:
+            return None, _unrouted(name, network, egress)
+        try:
+            bound = await self.book.ensure(pool, holder)
+        except AllocationError as exc:
+            out.retry = out.retry or exc.reason == "NoAvailableIPs"
+            return None, (exc.reason, exc.message)
+        external = _external(name, bound, pool, ownership=ownership, owners=owners)
+        out.eips.append(external)
+        return external, None
 
     async def _sweep(
         self, out: _Members, ctx: Context, subnet: Pool, nics: set[str], eips: set[str]
@@ -860,6 +851,27 @@ def member_holder(project_key: str, member: str) -> str:
         return "/".join(parts)
     holder = {"fip": fip_holder, "service": service_holder}.get(kind, eip_holder)
     return holder(project_key, parts[0])
+
+
+def _vm_nic(out: _Members, vm: str, interface: str) -> WorkloadAddress | None:
+    """The address IPAM gave VM ``vm``'s NIC ``interface`` in this run, if any."""
+    return next(
+        (w for w in out.workloads if w.kind == "vm" and w.name == vm and w.interface == interface),
+        None,
+    )
+
+
+def _user_eip(
+    out: _Members, name: str, egress: str
+) -> tuple[ExternalAddress | None, tuple[str, str] | None]:
+    """A user EIP of the project a FIP or service binds to, if it is ready and on the router's
+    network (``egress``); else why not."""
+    external = next((e for e in out.eips if e.name == name), None)
+    if external is None or not external.ready:
+        return None, ("EipNotFound", f"no ready EIP {name} in the project")
+    if external.network != egress:
+        return None, _unrouted(name, external.network, egress)
+    return external, None
 
 
 def _unrouted(eip: str, network: str, egress: str) -> tuple[str, str]:
