@@ -283,6 +283,24 @@ async def eip_delete(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _until_nat_carries(
+    args: argparse.Namespace, org: str, project: str, carried: Callable[[list[str]], bool]
+) -> None:
+    """Wait until NAT's status of the project lists what ``carried`` looks for in its objects
+    (a FIP's rule, a service's VIPs): the user's traffic flows from then on."""
+    client = await connect(args.home)
+    try:
+        watch = await client.watch(org, project)
+        try:
+            await watch.until(
+                lambda st: "nat" in st and carried(st["nat"].objects), timeout=args.timeout
+            )
+        finally:
+            await watch.stop()
+    finally:
+        await client.close()
+
+
 async def fip_create(args: argparse.Namespace) -> int:
     """Publish ``fip.created``, wait for IPAM to resolve it and NAT to carry it."""
     org, project = parse_ref(args.project)
@@ -298,16 +316,7 @@ async def fip_create(args: argparse.Namespace) -> int:
     if found is None or not found.ready:
         raise CliError(f"fip {fip.name}: IPAM lists no address for it")
     rule = f"NAT/dnat_and_snat:{found.target_ip}->{found.external_ip}"
-    client = await connect(args.home)
-    try:
-        watch = await client.watch(org, project)
-        try:
-            await watch.until(lambda st: "nat" in st and rule in st["nat"].objects,
-                              timeout=args.timeout)  # fmt: skip
-        finally:
-            await watch.stop()
-    finally:
-        await client.close()
+    await _until_nat_carries(args, org, project, lambda objects: rule in objects)
     on = f" ({found.vm_name}/{found.interface})" if found.vm_name else ""
     print(f"fip {fip.name}: {found.external_ip} -> {found.target_ip}{on} via eip {found.eip}")
     return EXIT_OK
@@ -356,20 +365,10 @@ async def svc_create(args: argparse.Namespace) -> int:
         raise CliError(f"service {svc.name}: IPAM lists no address for it")
     if found.endpoints:  # NAT programs a load balancer only for a service with endpoints
         vips = {f"{p.protocol.lower()}:{found.ingress_ip}:{p.port}" for p in found.ports}
-        client = await connect(args.home)
-        try:
-            watch = await client.watch(org, project)
-            try:
-                await watch.until(
-                    lambda st: "nat" in st and vips <= {
-                        o.removeprefix("LB/").split("->")[0] for o in st["nat"].objects
-                    },
-                    timeout=args.timeout,
-                )  # fmt: skip
-            finally:
-                await watch.stop()
-        finally:
-            await client.close()
+        await _until_nat_carries(
+            args, org, project,
+            lambda objects: vips <= {o.removeprefix("LB/").split("->")[0] for o in objects},
+        )  # fmt: skip
     print(f"service {svc.name}: {found.ingress_ip} {_ports(found)} via eip {found.eip}")
     return EXIT_OK
 
