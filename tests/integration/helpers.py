@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 
 from vpcbus.client import Client, Statuses, deleted_at, ready_at
@@ -112,4 +114,12 @@ def learn_gateway_mac(ovn: OvnCentral, router: str, port: str, ip: str, mac: str
         f"ip={ip}",
         f'mac="{mac}"',
         f"datapath={dp}",
+    )
+
+
+async def vpcbus(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m vpcbus ARGS`` as a user runs it, without blocking the event loop."""
+    argv = [sys.executable, "-m", "vpcbus", *args]
+    return await asyncio.to_thread(
+        subprocess.run, argv, env=env, capture_output=True, text=True, timeout=120
     )

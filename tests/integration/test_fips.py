@@ -10,10 +10,6 @@ Tests share one stack (module fixtures) and run in file order.
 
 from __future__ import annotations
 
-import asyncio
-import subprocess
-import sys
-
 import pytest
 
 from tests.conftest import ServiceProcs
@@ -31,11 +27,7 @@ GATEWAY_MAC = "02:65:00:00:00:01"
 ROUTER = f"{ORG}-{PROJECT}"
 
 
-async def vpcbus(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "vpcbus", *args]
-    return await asyncio.to_thread(
-        subprocess.run, argv, env=env, capture_output=True, text=True, timeout=120
-    )
+vpcbus = helpers.vpcbus  # the CLI, as a user runs it
 
 
 def fip_rows(ovn: OvnCentral) -> list[tuple[str, str]]:

@@ -7,10 +7,6 @@ load balancer behind. Packets through them: tests/datapath/test_spine_datapath.p
 
 from __future__ import annotations
 
-import asyncio
-import subprocess
-import sys
-
 import pytest
 
 from tests.conftest import ServiceProcs
@@ -24,11 +20,7 @@ ORG, PROJECT = "lbs", "shop"
 REF = f"{ORG}/{PROJECT}"
 
 
-async def vpcbus(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "vpcbus", *args]
-    return await asyncio.to_thread(
-        subprocess.run, argv, env=env, capture_output=True, text=True, timeout=120
-    )
+vpcbus = helpers.vpcbus  # the CLI, as a user runs it
 
 
 def balancers(ovn: OvnCentral) -> dict[str, dict[str, str]]:
