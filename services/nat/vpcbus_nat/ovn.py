@@ -73,10 +73,9 @@ def _converge_balancers(
             ovn.converge(lb, protocol=b.protocol, vips=dict(b.vips))
         ovn.ensure_member(router, "load_balancer", lb)
         objects += [f"LB/{b.protocol}:{vip}->{backends}" for vip, backends in b.vips]
-    for stale in existing.values():
-        for r in ovn.rows(api, "Logical_Router"):
-            if any(m.uuid == stale.uuid for m in getattr(r, "load_balancer", [])):
-                r.delvalue("load_balancer", stale)
+    for stale in existing.values():  # attached to this router only (teardown: any router)
+        if any(m.uuid == stale.uuid for m in router.load_balancer):
+            router.delvalue("load_balancer", stale)
         stale.delete()
     return objects
 
