@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from vpcbus_proto import channels, subjects
+from vpcbus_proto import channels, subjects, zones
 
 #: The status endpoint (``{service}``: the service's name).
 STATUS_ENDPOINT: Final = "vpcbus.svc.{service}.status"
@@ -149,8 +149,8 @@ SCHEMAS: Final[dict[str, Any]] = {
         "properties": {
             ERROR_HEADER: _string("What went wrong."),
             ERROR_CODE_HEADER: _string(
-                "400: the request is not `{organization, project}` with DNS labels; 500: the "
-                "service failed to answer."
+                "400: the request is not `{organization, project}` with DNS labels; 503: the "
+                "service's backend could not be read; 500: the service failed to answer."
             ),
         },
     },
@@ -252,9 +252,36 @@ SCHEMAS["ServiceFigures"] = _object(
 
 
 def add_endpoints(cat: channels.Catalogue) -> None:
-    """The status endpoint and nats.micro's control subjects, with their replies."""
+    """The status endpoint, the DNS zone endpoint and nats.micro's control subjects, with
+    their replies."""
     _status_endpoint(cat)
+    _zone_endpoint(cat)
     _micro(cat)
+
+
+def _zone_endpoint(cat: channels.Catalogue) -> None:
+    cid = "zoneEndpoint"
+    cat.channel(
+        cid,
+        zones.ZONE_ENDPOINT,
+        "DNS zone endpoint",
+        "Ask the DNS service what a project's switch answers (the OVN `DNS` row), each name "
+        "with its owner, and how the project's workloads resolve (`vpcbus dns list|resolve`).",
+    )
+    cat.message(cid, "zoneRequest", "Zone request", "Which project.", "StatusRequest")
+    cat.message(
+        channels.REPLIES,
+        "zoneReply",
+        "Zone reply",
+        "The served records and the resolver; error 503 when OVN NB cannot be read.",
+        "ZoneReply",
+        "ServiceErrorHeaders",
+    )
+    cat.operation(channels.CLIENT, "send", cid, "Ask for a project's zone.", reply="zoneReply")
+    cat.operation(
+        "dns", "receive", cid, "dns answers from OVN NB.", reply="zoneReply",
+        queue=MICRO_QUEUE_GROUP,
+    )  # fmt: skip
 
 
 def _status_endpoint(cat: channels.Catalogue) -> None:

@@ -73,3 +73,22 @@ def workload_port(namespace: str, name: str, interface: str = "default") -> str:
 def workload_fqdn(namespace: str, name: str, zone: str = "svc.cluster.local") -> str:
     """A VM's or pod's name in its project zone: ``<name>.<namespace>.svc.cluster.local``."""
     return f"{name}.{namespace}.{zone}"
+
+
+#: The cluster domain of every project zone (Kubernetes' default).
+CLUSTER_DOMAIN = "cluster.local"
+
+
+def zone(namespace: str) -> str:
+    """A project's DNS zone: ``<namespace>.svc.cluster.local``, as Kubernetes names services."""
+    return f"{namespace}.svc.{CLUSTER_DOMAIN}"
+
+
+def service_fqdn(namespace: str, service: str) -> str:
+    """A LoadBalancer service's name (its endpoints): ``<svc>.<namespace>.svc.cluster.local``."""
+    return f"{service}.{zone(namespace)}"
+
+
+def service_ext_fqdn(namespace: str, service: str) -> str:
+    """Its external name (the EIP it is reachable on), Kube-DC's ``<svc>-ext`` service."""
+    return f"{service}-ext.{zone(namespace)}"

@@ -43,6 +43,7 @@ from vpcbus_proto.events import (
     WorkloadDetached,
 )
 from vpcbus_proto.status import PoolUsage, ServiceStatus
+from vpcbus_proto.zones import ZoneReply
 
 #: Every message on the bus by schema name (the file is ``<name>.json``).
 MODELS: dict[str, type[BaseModel]] = {
@@ -59,6 +60,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "ServiceStatus": ServiceStatus,  # vpcbus.status.<service>.<org>.<project>
     "PoolUsage": PoolUsage,  # vpcbus.usage.pool.<pool>
     "ErrorEvent": ErrorEvent,  # vpcbus.error.> and vpcbus.dlq.>
+    "ZoneReply": ZoneReply,  # the reply of vpcbus.svc.dns.zone
 }
 
 #: Messages that users publish and services validate; the others are published by services.

@@ -154,6 +154,20 @@ class AddressFacts(_Model):
         return next((s for s in self.services if s.name == name), None)
 
 
+class Resolver(_Model):
+    """How a workload of the project resolves names (DNS only): what its resolv.conf says.
+
+    OVN answers the zone's names from the chassis whatever the query's destination, so the
+    nameservers are the platform's upstream resolvers (names outside the zone go there through
+    the project's SNAT); without an upstream, the project's router address, which answers the
+    zone only."""
+
+    zone: str = Field(description="The project zone, `<namespace>.svc.cluster.local`.")
+    nameservers: list[str] = Field(description="IPv4 addresses, in order.")
+    search: list[str] = Field(description="Search domains, as Kubernetes sets them for pods.")
+    options: list[str] = Field(default_factory=list, description="resolv.conf options.")
+
+
 class ServiceStatus(_Model):
     """One service's condition for one project."""
 
@@ -173,6 +187,7 @@ class ServiceStatus(_Model):
     members: list[MemberStatus] = Field(
         default_factory=list, description="Per NIC / EIP state, for services that handle them."
     )
+    resolver: Resolver | None = Field(default=None, description="DNS only.")
 
     def member(self, key: str) -> MemberStatus | None:
         return next((m for m in self.members if m.member == key), None)

@@ -8,11 +8,13 @@ something" is a ``Pending`` result with ``requeue_after``, not an error.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from vpcbus_proto.status import AddressFacts, MemberStatus, ServiceStatus, State
+from pydantic import BaseModel
+
+from vpcbus_proto.status import AddressFacts, MemberStatus, Resolver, ServiceStatus, State
 from vpcbus_proto.subjects import EventFamily, ServiceName
 from vpcbus_runtime.members import MemberRecord
 from vpcbus_runtime.records import ProjectRecord
@@ -53,6 +55,8 @@ class Result:
     #: Per-member outcome. A member event whose member ends in ``Error`` is answered with an
     #: error event; a removed member is forgotten once it is absent here or ``Deleted``.
     members: Sequence[MemberStatus] = field(default_factory=tuple)
+    #: How the project's workloads resolve names (DNS only).
+    resolver: Resolver | None = None
 
 
 class Reconciler(Protocol):
@@ -94,3 +98,18 @@ class PeerFilter(Protocol):
     def wants_peer(self, status: ServiceStatus) -> bool:
         """True when ``status`` (a watched peer's latest) may change this service's result."""
         ...
+
+
+#: A per-project read endpoint: the project's context in, a model (the JSON reply) out.
+ProjectEndpoint = Callable[[Context], Awaitable[BaseModel]]
+
+
+class EndpointProvider(Protocol):
+    """Optional for a :class:`Reconciler`: read-only request/reply endpoints of its own.
+
+    Each ``name`` is served on ``vpcbus.svc.<service>.<name>`` like the status endpoint: the
+    request is ``{organization, project}``, the handler gets the context a reconcile would
+    get (record, peers, members) and its model is the reply. It must not write anything.
+    """
+
+    endpoints: Mapping[str, ProjectEndpoint]

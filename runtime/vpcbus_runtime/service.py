@@ -27,8 +27,9 @@ from vpcbus_proto.status import ServiceStatus
 from vpcbus_proto.subjects import ServiceName
 from vpcbus_runtime import bus, logs
 from vpcbus_runtime.controller import Controller
+from vpcbus_runtime.errors import ReconcileError
 from vpcbus_runtime.members import MemberIndex, MemberRecord
-from vpcbus_runtime.reconciling import Reconciler
+from vpcbus_runtime.reconciling import Context, ProjectEndpoint, Reconciler
 from vpcbus_runtime.records import ProjectRecord, RecordStore
 from vpcbus_runtime.settings import Settings
 
@@ -37,6 +38,16 @@ VERSION = "0.1.0"
 Factory = Callable[[Settings, JetStreamContext], Awaitable[Reconciler]]
 
 log = structlog.get_logger()
+
+
+def micro_name(service: str) -> str:
+    """The nats.micro name a service registers as (``endpoints.MICRO_NAME`` in proto)."""
+    return f"vpcbus-{service}"
+
+
+def endpoint_subject(service: str, endpoint: str) -> str:
+    """The subject of one of a service's endpoints (``status``, and a reconciler's own)."""
+    return f"vpcbus.svc.{service}.{endpoint}"
 
 
 def project_view(
@@ -64,10 +75,47 @@ def project_view(
     }
 
 
+async def _asked(controller: Controller, req: Request) -> tuple[Context, int] | None:
+    """The context (and record revision) of the project a ``{organization, project}`` request
+    names; None after answering a malformed request with error 400."""
+    try:
+        body = json.loads(req.data or b"{}")
+        org, project = str(body["organization"]), str(body["project"])
+        key = names.project_key(org, project)
+        names.split_key(key)  # both must be labels
+    except (ValueError, KeyError, TypeError):
+        await req.respond_error(
+            "400", 'send {"organization": ORG, "project": PROJECT} (DNS labels)'
+        )
+        return None
+    record, revision = await controller.records.get(key)
+    members = controller.members.of(key) if controller.members is not None else {}
+    return Context(key, org, project, record, controller.peers, members), revision
+
+
+def _project_endpoint(
+    controller: Controller, handler: ProjectEndpoint
+) -> Callable[[Request], Awaitable[None]]:
+    """A reconciler's own read endpoint: the project's context in, the model's JSON out."""
+
+    async def serve(req: Request) -> None:
+        asked = await _asked(controller, req)
+        if asked is None:
+            return
+        try:
+            reply = await handler(asked[0])
+        except ReconcileError as exc:
+            await req.respond_error("503", f"{exc.reason}: {exc.message}")
+            return
+        await req.respond(reply.model_dump_json(by_alias=True).encode())
+
+    return serve
+
+
 async def _register(controller: Controller) -> Service:
     svc = await nats.micro.add_service(
         controller.nc,
-        name=f"vpcbus-{controller.service}",
+        name=micro_name(controller.service),
         version=VERSION,
         description=f"vpcbus {controller.service} reconciler",
         stats_handler=lambda _endpoint: controller.stats(),
@@ -76,28 +124,27 @@ async def _register(controller: Controller) -> Service:
     async def status(req: Request) -> None:
         """This service's view of one project: its record (the desired state it folded),
         its members, whether it is queued, and the status it last published."""
-        try:
-            body = json.loads(req.data or b"{}")
-            org, project = str(body["organization"]), str(body["project"])
-            key = names.project_key(org, project)
-            names.split_key(key)  # both must be labels
-        except (ValueError, KeyError, TypeError):
-            await req.respond_error(
-                "400", 'send {"organization": ORG, "project": PROJECT} (DNS labels)'
-            )
+        asked = await _asked(controller, req)
+        if asked is None:
             return
-        record, revision = await controller.records.get(key)
-        members = controller.members.of(key) if controller.members is not None else {}
-        published = await controller.peers.status(controller.service, org, project)
+        ctx, revision = asked
+        published = await controller.peers.status(controller.service, ctx.organization, ctx.project)
         view = project_view(
-            controller.service, key, record, revision, members,
-            queued=controller.queue.pending(key), status=published,
+            controller.service, ctx.key, ctx.record, revision, ctx.members,
+            queued=controller.queue.pending(ctx.key), status=published,
         )  # fmt: skip
         await req.respond(json.dumps(view).encode())
 
     await svc.add_endpoint(
-        name="status", handler=status, subject=f"vpcbus.svc.{controller.service}.status"
+        name="status", handler=status, subject=endpoint_subject(controller.service, "status")
     )
+    extra: Mapping[str, ProjectEndpoint] = getattr(controller.reconciler, "endpoints", {})
+    for name, handler in extra.items():
+        await svc.add_endpoint(
+            name=name,
+            handler=_project_endpoint(controller, handler),
+            subject=endpoint_subject(controller.service, name),
+        )
     await controller.nc.flush()
     return svc
 

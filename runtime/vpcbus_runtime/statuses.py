@@ -40,6 +40,7 @@ class StatusPublisher:
             result.addresses,
             tuple(result.objects),
             tuple(result.members),
+            result.resolver,
         )
         key = names.project_key(org, project)
         if not force and self._last.get(key) == fingerprint:
@@ -57,6 +58,7 @@ class StatusPublisher:
             addresses=result.addresses,
             objects=list(result.objects),
             members=list(result.members),
+            resolver=result.resolver,
         )
         await self.js.publish(
             subjects.status_subject(self.service, org, project),

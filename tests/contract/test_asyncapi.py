@@ -39,7 +39,7 @@ import vpcbus_runtime.service
 from vpcbus_dns.reconciler import DnsReconciler
 from vpcbus_ipam.reconciler import IpamReconciler
 from vpcbus_nat.reconciler import NatReconciler
-from vpcbus_proto import channels, endpoints, schemas, subjects
+from vpcbus_proto import channels, endpoints, schemas, subjects, zones
 from vpcbus_proto.asyncapi import (
     DOCUMENT,
     VERSION,
@@ -283,6 +283,7 @@ def test_every_channel_is_stored_in_a_stream_except_the_requests() -> None:
     unstored = {a for a in addresses() if channels.stream_of(a) is None}
     assert unstored == {
         endpoints.STATUS_ENDPOINT,
+        zones.ZONE_ENDPOINT,
         *(f"{endpoints.MICRO_PREFIX}.{v}.{endpoints.MICRO_NAME}" for v in endpoints.MICRO_VERBS),
     }, "a subject family no stream captures: add its filter to the stream in subjects.py"
 
@@ -522,15 +523,11 @@ def test_streams_are_the_runtimes() -> None:
     assert declared == {name: list(filters) for name, (filters, _) in channels.STREAMS.items()}
 
 
-def _runtime_template(keyword: str) -> str:
-    source = inspect.getsource(vpcbus_runtime.service)
-    [found] = re.findall(rf'{keyword}=f"([^"]*controller\.service[^"]*)"', source)
-    return str(found).replace("{controller.service}", "{service}")
-
-
 def test_endpoints_are_the_runtimes_and_nats_micros() -> None:
-    assert _runtime_template("subject") == endpoints.STATUS_ENDPOINT
-    assert _runtime_template("name") == endpoints.MICRO_NAME
+    runtime = vpcbus_runtime.service
+    assert runtime.endpoint_subject("{service}", "status") == endpoints.STATUS_ENDPOINT
+    assert runtime.endpoint_subject("dns", "zone") == zones.ZONE_ENDPOINT
+    assert runtime.micro_name("{service}") == endpoints.MICRO_NAME
     svc, req = nats.micro.service, nats.micro.request
     assert endpoints.MICRO_PREFIX == svc.DEFAULT_PREFIX
     assert endpoints.MICRO_QUEUE_GROUP == svc.DEFAULT_QUEUE_GROUP
