@@ -18,11 +18,12 @@ import nats
 from nats.aio.client import Client as Nats
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import NoRespondersError
 from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 
-from vpcbus_proto import events, names, subjects
+from vpcbus_proto import endpoints, events, names, subjects
 from vpcbus_proto.errors import ErrorEvent
 from vpcbus_proto.members import (
     EipRef,
@@ -37,6 +38,7 @@ from vpcbus_proto.members import (
 from vpcbus_proto.projects import ProjectRef, ProjectSpec
 from vpcbus_proto.status import PoolUsage, ServiceStatus, parse_status
 from vpcbus_proto.subjects import ServiceName
+from vpcbus_proto.zones import ZONE_ENDPOINT, ZoneReply
 from vpcbus_runtime import bus
 from vpcbus_runtime.statuses import StreamPeers
 
@@ -49,6 +51,10 @@ class RejectedError(Exception):
     def __init__(self, errors: list[ErrorEvent]) -> None:
         self.errors = errors
         super().__init__("; ".join(f"{e.service}: {e.reason}: {e.message}" for e in errors))
+
+
+class EndpointError(Exception):
+    """A service endpoint did not answer, or answered with an error."""
 
 
 class WaitTimeoutError(Exception):
@@ -202,6 +208,21 @@ class Client:
     async def status(self, service: ServiceName, org: str, project: str) -> ServiceStatus | None:
         """The last status ``service`` published for the project (the services' own reader)."""
         return await StreamPeers(self.js).status(service, org, project)
+
+    async def zone(self, org: str, project: str, *, timeout: float = 5.0) -> ZoneReply:
+        """What the project's switch answers, from the DNS service (``vpcbus.svc.dns.zone``).
+
+        Raises :class:`EndpointError` when no DNS service answers or it reports a failure."""
+        body = json.dumps({"organization": org, "project": project}).encode()
+        try:
+            msg = await self.nc.request(ZONE_ENDPOINT, body, timeout=timeout)
+        except (NoRespondersError, nats.errors.TimeoutError) as exc:
+            raise EndpointError(f"no DNS service answered {ZONE_ENDPOINT}") from exc
+        error = (msg.headers or {}).get(endpoints.ERROR_HEADER)
+        if error:
+            code = (msg.headers or {}).get(endpoints.ERROR_CODE_HEADER, "")
+            raise EndpointError(f"the DNS service answered {code}: {error}")
+        return ZoneReply.model_validate_json(msg.data)
 
     async def statuses(self, org: str, project: str) -> Statuses:
         found = await asyncio.gather(*(self.status(s, org, project) for s in subjects.SERVICES))

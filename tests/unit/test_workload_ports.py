@@ -230,7 +230,8 @@ def test_zone_names_every_default_nic_and_keeps_gateway_reserved() -> None:
         "db.acme-shop.svc.cluster.local": "10.0.0.2",
     }
     assert want.objects() == ["DNS/gateway.acme-shop.svc.cluster.local"]
-    assert len(want.workloads) == 2
+    assert want.count("workload") == 2
+    assert want.shadowed == ("vm/gateway (gateway.acme-shop.svc.cluster.local)",)
 
 
 def test_zone_row_follows_nics_in_place() -> None:

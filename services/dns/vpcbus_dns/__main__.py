@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
+import os
+
 from nats.js import JetStreamContext
 
 from vpcbus_dns import ovn
@@ -11,8 +14,23 @@ from vpcbus_runtime.ovn import NbSession
 from vpcbus_runtime.settings import Settings
 
 
+def upstream_from_env() -> tuple[str, ...]:
+    """``VPCBUS_DNS_UPSTREAM``: comma-separated IPv4 addresses of the platform's resolvers,
+    which answer every name outside the project zones (none: workloads resolve the zone only,
+    at the project router). A bad value stops the service."""
+    out = []
+    for item in os.environ.get("VPCBUS_DNS_UPSTREAM", "").split(","):
+        if item.strip():
+            try:
+                out.append(str(ipaddress.IPv4Address(item.strip())))
+            except ValueError as exc:
+                raise SystemExit(f"VPCBUS_DNS_UPSTREAM: {item.strip()!r}: {exc}") from None
+    return tuple(out)
+
+
 async def build(settings: Settings, _js: JetStreamContext) -> DnsReconciler:
-    return DnsReconciler(NbSession(settings.ovn_nb_db, tables=ovn.TABLES))
+    nb = NbSession(settings.ovn_nb_db, tables=ovn.TABLES)
+    return DnsReconciler(nb, upstream=upstream_from_env())
 
 
 def main() -> None:

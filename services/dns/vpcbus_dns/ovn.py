@@ -33,6 +33,16 @@ def converge_zone(api: Any, txn: Txn, want: DesiredZone) -> list[str]:
     return want.objects()
 
 
+def served_records(api: Any, switch_name: str, key: str) -> dict[str, str] | None:
+    """The records the project's switch answers with (its DNS row of ours); None when the
+    switch has none."""
+    switch = ovn.find(api, "Logical_Switch", switch_name)
+    rows = [r for r in switch.dns_records if _mine(r, key)] if switch is not None else []
+    if not rows:
+        return None
+    return {str(name): str(value) for name, value in rows[0].records.items()}
+
+
 def _mine(row: Any, key: str) -> bool:
     ids = row.external_ids
     return bool(ids.get(ovn.OWNER) == SERVICE and ids.get(ovn.PROJECT) == key)

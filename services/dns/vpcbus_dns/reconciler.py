@@ -1,27 +1,36 @@
 """The DNS service's reconcile: the project zone once the switch exists; gone on delete.
 
-Workload names follow IPAM's status (``addresses.workloads``): they appear when a NIC is
-addressed, change when it is re-addressed and go when it is detached. Every status change of
-IPAM or VPC re-runs the project (DNS filters neither), so a NIC event reaches the zone through
-IPAM's status without DNS consuming member events."""
+Names follow IPAM's status: workload names its ``addresses.workloads``, service names its
+``addresses.services`` (ready ones, at their endpoints and ingress IP). They appear when
+IPAM reports the owner ready, change when it is re-addressed or re-published and go when it
+goes. Every status change of IPAM or VPC re-runs the project (DNS filters neither), so a
+member event reaches the zone through IPAM's status without DNS consuming member events.
+
+The zone endpoint (``vpcbus.svc.dns.zone``) answers what the project's switch serves.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from vpcbus_dns import desired, ovn
 from vpcbus_proto import names
+from vpcbus_proto.status import AddressFacts
 from vpcbus_proto.subjects import ServiceName
+from vpcbus_proto.zones import ZoneReply
 from vpcbus_runtime.ovn import NbSession
-from vpcbus_runtime.reconciling import Context, Result
+from vpcbus_runtime.reconciling import Context, ProjectEndpoint, Result
 
 
 class DnsReconciler:
     watches: Sequence[ServiceName] = ("ipam", "vpc")
     purge_after: Sequence[ServiceName] = ("vpc",)
 
-    def __init__(self, nb: NbSession) -> None:
+    def __init__(self, nb: NbSession, *, upstream: Sequence[str] = ()) -> None:
+        """``upstream``: the platform's resolvers for names outside the zones, in order."""
         self.nb = nb
+        self.upstream = tuple(upstream)
+        self.endpoints: Mapping[str, ProjectEndpoint] = {"zone": self.zone}
 
     def close(self) -> None:
         self.nb.close()
@@ -38,13 +47,54 @@ class DnsReconciler:
         if vpc is None or vpc.generation != record.generation or vpc.state != "Ready":
             detail = f"{vpc.state} {vpc.reason}" if vpc else "no status yet"
             return Result("Pending", "WaitingForVpc", f"vpc: {detail}")
-        ipam = await ctx.peers.status("ipam", ctx.organization, ctx.project)
-        if ipam is None or ipam.generation != record.generation or ipam.addresses is None:
+        facts = await self._facts(ctx)
+        if facts is None:
             # VPC is Ready, so IPAM was; until it reports addresses again, keep the zone
+            ipam = await ctx.peers.status("ipam", ctx.organization, ctx.project)
             detail = f"{ipam.state} {ipam.reason}" if ipam else "no status yet"
             return Result("Pending", "WaitingForIpam", f"ipam: {detail}")
-        ns = names.namespace(ctx.organization, ctx.project)
-        want = desired.build(ctx.key, ns, str(record.spec.gateway), ipam.addresses.workloads)
+        want = self._desired(ctx, facts)
         objects = await self.nb.transact(lambda api, txn: ovn.converge_zone(api, txn, want))
-        message = f"zone {desired.zone(ns)}, {len(want.workloads)} workload names"
-        return Result("Ready", "Reconciled", message, objects=objects)
+        message = (
+            f"zone {want.resolver.zone}: {want.count('service')} service, "
+            f"{want.count('service-ext')} -ext and {want.count('workload')} workload names"
+        )
+        if want.shadowed:
+            message += f"; shadowed by an earlier name: {', '.join(want.shadowed)}"
+        return Result("Ready", "Reconciled", message, objects=objects, resolver=want.resolver)
+
+    async def _facts(self, ctx: Context) -> AddressFacts | None:
+        """IPAM's facts for the project's current generation; None until it has them."""
+        ipam = await ctx.peers.status("ipam", ctx.organization, ctx.project)
+        generation = ctx.record.generation if ctx.record is not None else -1
+        if ipam is None or ipam.generation != generation:
+            return None
+        return ipam.addresses
+
+    def _desired(self, ctx: Context, facts: AddressFacts) -> desired.DesiredZone:
+        assert ctx.record is not None and ctx.record.spec is not None
+        return desired.build(
+            ctx.key,
+            names.namespace(ctx.organization, ctx.project),
+            str(ctx.record.spec.gateway),
+            facts.workloads,
+            facts.services,
+            self.upstream,
+        )
+
+    async def zone(self, ctx: Context) -> ZoneReply:
+        """The records the project's switch serves, each named by its owner (``stale`` when
+        the desired zone no longer has it), and how the project's workloads resolve."""
+        ns = names.namespace(ctx.organization, ctx.project)
+        switch = f"{ns}-default"
+        served = await self.nb.read(lambda api: ovn.served_records(api, switch, ctx.key))
+        facts = await self._facts(ctx) if ctx.record and ctx.record.spec else None
+        want = self._desired(ctx, facts) if facts is not None else None
+        records = (want or desired.build(ctx.key, ns, "")).listing(served or {})
+        return ZoneReply(
+            project=ctx.key,
+            zone=desired.zone(ns),
+            served=served is not None,
+            resolver=want.resolver if want else None,
+            records=records,
+        )
