@@ -31,6 +31,7 @@ RUN printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d \
     && apt-get update \
     && apt-get install -y --no-install-recommends \
         ca-certificates \
+        dnsutils \
         ethtool \
         iproute2 \
         iputils-ping \

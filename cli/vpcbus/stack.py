@@ -31,6 +31,9 @@ CHASSIS_PREFIX = "vpcbus"
 INTERNET_HOST = "inet"
 INTERNET_ADDRESSES = ["100.65.0.1/16", "8.8.8.8/32", "1.1.1.1/32"]
 INTERNET_MAC = "02:65:00:00:00:01"
+#: The stand-in upstream DNS resolvers on it (:mod:`vpcbus.embedded.resolver`): what the
+#: projects' workloads name in resolv.conf (the DNS service's ``VPCBUS_DNS_UPSTREAM``).
+UPSTREAM_RESOLVERS = ("8.8.8.8", "1.1.1.1")
 MAX_BACKOFF = 30.0
 
 
@@ -128,8 +131,11 @@ class _Service:
 
 
 def _start_upstream(chassis: Chassis) -> None:
-    """The stand-in upstream on the cloud network: its gateway and two internet addresses."""
+    """The stand-in upstream on the cloud network: its gateway, two internet addresses and
+    the DNS resolvers on them."""
     inet = chassis.add_external_host(INTERNET_HOST, "cloud", INTERNET_ADDRESSES, mac=INTERNET_MAC)
+    listen = [arg for ip in UPSTREAM_RESOLVERS for arg in ("--listen", ip)]
+    inet.spawn(sys.executable, "-m", "vpcbus.embedded.resolver", *listen)
     # Announce the upstream gateway like a VRRP gateway would (see announce.py).
     inet.spawn(sys.executable, "-m", "vpcbus.embedded.announce", "--iface", "eth0",
                "--ip", INTERNET_ADDRESSES[0].split("/")[0])  # fmt: skip
@@ -189,6 +195,8 @@ def run(home: Path, *, nats_port: int, with_chassis: bool) -> None:
             "OVN_NB_DB": central.nb_db,
             "VPCBUS_GATEWAY_CHASSIS": CHASSIS_NAME,
         }
+        if chassis is not None:  # its stand-in upstream answers DNS
+            env.setdefault("VPCBUS_DNS_UPSTREAM", ",".join(UPSTREAM_RESOLVERS))
         services = [_Service(name, env, logdir) for name in commands.SERVICES]
         for svc in services:
             svc.start()

@@ -50,7 +50,7 @@ from vpcbus.embedded import procs
 from vpcbus.embedded.chassis import Vm
 from vpcbus_proto import names
 from vpcbus_proto.members import WorkloadRef, WorkloadSpec
-from vpcbus_proto.status import AddressFacts, WorkloadAddress
+from vpcbus_proto.status import AddressFacts, Resolver, WorkloadAddress
 from vpcbus_proto.subjects import ServiceName
 
 #: The services that act on a VM NIC: IPAM gives the address, VPC the switch port.
@@ -84,8 +84,9 @@ def _settled(nic: WorkloadRef, generation: int) -> Callable[[Statuses], bool]:
 
 async def _attached(
     watch: Watch, client: Client, nic: WorkloadSpec, timeout: float
-) -> tuple[WorkloadAddress, AddressFacts]:
-    """Publish ``workload.attached`` and return IPAM's address once VPC has the port too."""
+) -> tuple[WorkloadAddress, AddressFacts, Resolver | None]:
+    """Publish ``workload.attached``; IPAM's address once VPC has the port too, and how the
+    project resolves names (the DNS service's status; None before DNS reported one)."""
     published = await client.attach(nic)
     statuses = await watch.until(
         _settled(nic, published.generation), timeout=timeout, event_id=published.event_id
@@ -97,18 +98,21 @@ async def _attached(
     found = [w for w in facts.workloads if w.member == nic.member] if facts else []
     if facts is None or not found:
         raise CliError(f"{nic.holder}: IPAM lists no address for it")
-    return found[0], facts
+    dns = statuses.get("dns")
+    return found[0], facts, dns.resolver if dns is not None else None
 
 
 def _plug(host: vmhost.Host, nic: WorkloadSpec, addr: WorkloadAddress, facts: AddressFacts,
-          timeout: float) -> vmhost.VmRecord:  # fmt: skip
-    """The namespace VM as port ``<name>.<namespace>``, once ovn-controller has bound it."""
+          resolver: Resolver | None, timeout: float) -> vmhost.VmRecord:  # fmt: skip
+    """The namespace VM as port ``<name>.<namespace>``, once ovn-controller has bound it; its
+    resolv.conf as the DNS service says (else the gateway, which answers the zone)."""
     org, project = nic.organization, nic.project
     port = names.workload_port(names.namespace(org, project), nic.name, nic.interface)
     prefix_length = ipaddress.ip_network(facts.cidr_block).prefixlen
     vm = host.chassis.add_vm(
         vmhost.chassis_vm_name(org, project, nic.name), port, addr.mac_address,
         f"{addr.ip_address}/{prefix_length}", facts.gateway_ip,
+        **_resolv_args(resolver),
     )  # fmt: skip
     _wait_bound(host, vm, port, timeout)
     return vmhost.VmRecord(
@@ -116,6 +120,13 @@ def _plug(host: vmhost.Host, nic: WorkloadSpec, addr: WorkloadAddress, facts: Ad
         prefix_length=prefix_length, mac_address=addr.mac_address, gateway=facts.gateway_ip,
         port=port, netns=vm.netns,
     )  # fmt: skip
+
+
+def _resolv_args(resolver: Resolver | None) -> dict[str, list[str]]:
+    if resolver is None:
+        return {}
+    return {"nameservers": resolver.nameservers, "search": resolver.search,
+            "options": resolver.options}  # fmt: skip
 
 
 def _wait_bound(host: vmhost.Host, vm: Vm, port: str, timeout: float) -> None:
@@ -159,8 +170,8 @@ async def vm_create(args: argparse.Namespace) -> int:
     try:
         watch = await client.watch(org, project)
         try:
-            addr, facts = await _attached(watch, client, nic, args.timeout)
-            rec = await asyncio.to_thread(_plug, host, nic, addr, facts, args.timeout)
+            addr, facts, resolver = await _attached(watch, client, nic, args.timeout)
+            rec = await asyncio.to_thread(_plug, host, nic, addr, facts, resolver, args.timeout)
             vmhost.save(host.home, rec)
         except Exception:
             await _withdraw(host, watch, client, nic)

@@ -15,23 +15,17 @@ removes every VM namespace.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import SERVICE_ENV
-from tests.datapath import hosts, peers
-from vpcbus import stack
-from vpcbus.client import Client
-from vpcbus.embedded.natsd import free_port
-from vpcbus_proto.status import ServiceStatus, WorkloadAddress
+from tests.datapath import hosts, peers, stackcli
+from tests.datapath.stackcli import Cli
 
 pytestmark = [
     pytest.mark.datapath,
@@ -49,82 +43,17 @@ PORT = 7777
 TOOLS = ("ip", "ethtool", "ping", "ovsdb-server", "ovs-vswitchd", "ovn-northd", "ovn-controller")
 
 
-@dataclass(frozen=True)
-class Cli:
-    """``python -m vpcbus`` against this module's stack."""
-
-    home: Path
-    env: dict[str, str]
-
-    def popen_argv(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "vpcbus", "--home", str(self.home), *args]
-
-    def run(self, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-        argv = self.popen_argv(*args)
-        return subprocess.run(argv, env=self.env, capture_output=True, text=True,
-                              timeout=timeout, check=False)  # fmt: skip
-
-    def ok(self, *args: str) -> str:
-        done = self.run(*args)
-        assert done.returncode == 0, f"vpcbus {' '.join(args)}: {done.stderr}\n{self.logs()}"
-        return done.stdout
-
-    def vms(self) -> dict[tuple[str, str], dict[str, str]]:
-        """``vm list`` as {(project, name): row}."""
-        lines = self.ok("vm", "list").splitlines()
-        head = lines[0].split()
-        rows = [dict(zip(head, line.split(), strict=True)) for line in lines[1:]]
-        return {(row["PROJECT"], row["NAME"]): row for row in rows}
-
-    def ipam(self, project: str) -> ServiceStatus:
-        state = stack.load_state(self.home)
-        assert state is not None
-        org, name = project.split("/")
-
-        async def read() -> ServiceStatus | None:
-            client = await Client.connect(state.nats_url, name="vpcbus-vm-cli-tests")
-            try:
-                return await client.status("ipam", org, name)
-            finally:
-                await client.close()
-
-        status = asyncio.run(read())
-        assert status is not None
-        return status
-
-    def workloads(self, project: str) -> dict[str, WorkloadAddress]:
-        """The VM addresses IPAM lists for the project, by VM name."""
-        facts = self.ipam(project).addresses
-        assert facts is not None
-        return {w.name: w for w in facts.workloads}
-
-    def logs(self) -> str:
-        tails = []
-        for path in sorted((self.home / "logs").glob("*.log")):
-            tails.append(f"--- {path.name}\n" + "\n".join(path.read_text().splitlines()[-15:]))
-        return "\n".join(tails)
-
-
 def _our_netns() -> list[str]:
-    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
-    names = (line.split()[0] for line in listing.stdout.splitlines() if line.strip())
-    return sorted(name for name in names if name.startswith(f"{PREFIX}-"))
+    return stackcli.our_netns(PREFIX)
 
 
 @pytest.fixture(scope="module")
 def cli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cli]:
     """``vpcbus up`` in a private home; two projects with the same CIDR; VMs A/a, A/b, B/a."""
     hosts.skip_unless_usable(PREFIX, TOOLS)
-    env = {**os.environ, **SERVICE_ENV, "VPCBUS_CHASSIS_PREFIX": PREFIX}
-    for name in ("NATS_URL", "OVN_NB_DB", "OVN_SB_DB", "VPCBUS_HOME"):
-        env.pop(name, None)
-    c = Cli(tmp_path_factory.mktemp("vm-cli") / "home", env)
+    c = stackcli.for_module(tmp_path_factory.mktemp("vm-cli") / "home", PREFIX)
     try:
-        c.ok("up", "--nats-port", str(free_port()))
-        for project in (A, B):
-            c.ok("project", "create", project, "--cidr", CIDR, "--wait", "--timeout", "60")
-        for project, vm in ((A, "a"), (A, "b"), (B, "a")):
-            c.ok("vm", "create", project, vm, "--timeout", "60")
+        stackcli.up(c, (A, B), CIDR, (f"{A}/a", f"{A}/b", f"{B}/a"))
         yield c
     finally:
         c.run("down", timeout=120)

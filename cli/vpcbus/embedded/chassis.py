@@ -42,6 +42,9 @@ from . import procs
 VSWITCH_SCHEMA = Path("/usr/share/openvswitch/vswitch.ovsschema")
 ETC_NETNS = Path("/etc/netns")
 """Per-namespace files that ``ip netns exec`` bind-mounts over ``/etc`` (resolv.conf)."""
+#: OVN 23.03 never answers AAAA for A-only names: where nobody else does, fail fast (1 s)
+#: instead of 2 x 5 s.
+RESOLV_OPTIONS = ("timeout:1", "attempts:1")
 
 DEFAULT_BRIDGE_MAPPINGS: Mapping[str, str] = {"cloud": "br-ext-cloud", "public": "br-ext-public"}
 INTEGRATION_BRIDGE = "br-int"
@@ -210,19 +213,23 @@ class Chassis:
         ip_cidr: str,
         gateway: str,
         *,
-        dns_server: str | None = None,
+        nameservers: Sequence[str] = (),
+        search: Sequence[str] = (),
+        options: Sequence[str] = RESOLV_OPTIONS,
     ) -> Vm:
         """Create VM ``name`` and plug it into ``br-int`` as logical port ``iface_id``.
 
         ``eth0`` gets ``mac`` (must equal the LSP's MAC) and ``ip_cidr``, the default route goes
-        via ``gateway``, and ``/etc/netns/<netns>/resolv.conf`` names ``dns_server`` (default:
-        the gateway, where OVN answers DNS) with a 1 s timeout and one attempt.
+        via ``gateway``, and ``/etc/netns/<netns>/resolv.conf`` names ``nameservers`` (default:
+        the gateway, where OVN answers DNS), ``search`` and ``options`` (default: a 1 s timeout
+        and one attempt).
         """
         vm = self._create_vm(name, INTEGRATION_BRIDGE)
         try:
             self._configure_eth0(vm, [ip_cidr], mac=mac)
             vm.exec("ip", "route", "add", "default", "via", gateway)
-            self._write_resolv_conf(vm.netns, dns_server or gateway)
+            resolv = resolv_conf(nameservers or [gateway], search, options)
+            self._write_resolv_conf(vm.netns, resolv)
             self._plug(vm, iface_id=iface_id)
         except BaseException:
             self.del_vm(name)
@@ -449,11 +456,20 @@ class Chassis:
         self.vsctl(*args)
 
     @staticmethod
-    def _write_resolv_conf(netns: str, nameserver: str) -> None:
+    def _write_resolv_conf(netns: str, text: str) -> None:
         path = ETC_NETNS / netns / "resolv.conf"
         path.parent.mkdir(parents=True, exist_ok=True)
-        # OVN 23.03 never answers AAAA for A-only names: fail fast instead of 2 x 5 s.
-        path.write_text(f"nameserver {nameserver}\noptions timeout:1 attempts:1\n")
+        path.write_text(text)
+
+
+def resolv_conf(nameservers: Sequence[str], search: Sequence[str], options: Sequence[str]) -> str:
+    """A resolv.conf: glibc reads at most three nameservers and six search domains."""
+    lines = [f"nameserver {ns}" for ns in nameservers[:3]]
+    if search:
+        lines.append("search " + " ".join(search[:6]))
+    if options:
+        lines.append("options " + " ".join(options))
+    return "\n".join(lines) + "\n"
 
 
 def _bridge_args(bridge: str, *settings: str) -> list[str]:
