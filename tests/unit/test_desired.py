@@ -354,6 +354,39 @@ def test_dns_zone_is_one_owned_row_on_the_project_switch() -> None:
     assert nb.rows("DNS") == [] and switch.dns_records == []
 
 
+def test_a_stray_zone_is_found_by_the_scan_and_adopted_or_removed() -> None:
+    """A zone detached by hand is a stray: the scan names its project, and the adopting
+    converge attaches it again; a second row of the same project is removed. Without strays
+    the converge looks at the switch alone."""
+    nb = FakeNb()
+    want = vpc(project("acme", "shop"))
+    converge_vpc(nb, want)
+    zone = dns_desired.build(want.key, want.namespace, "10.0.0.1")
+
+    def converge(*, adopt: bool) -> None:
+        nb.transact(lambda api, txn: dns_ovn.converge_zone(api, txn, zone, adopt=adopt))
+
+    def strays() -> set[str]:
+        found: set[str] = nb.transact(lambda api, txn: dns_ovn.strays(api))[0]
+        return found
+
+    converge(adopt=False)
+    [row] = nb.rows("DNS")
+    assert strays() == set()
+    switch = nb.named("Logical_Switch", want.switch)
+    switch.dns_records = []  # detached by hand
+    assert strays() == {want.key}
+    converge(adopt=True)
+    assert [r.uuid for r in nb.rows("DNS")] == [row.uuid]
+    assert [r.uuid for r in switch.dns_records] == [row.uuid]
+    assert strays() == set()
+    switch.dns_records = []
+    converge(adopt=False)  # not searched: a second row
+    assert len(nb.rows("DNS")) == 2 and strays() == {want.key}
+    converge(adopt=True)
+    assert len(nb.rows("DNS")) == 1 and strays() == set()
+
+
 @settings(deadline=None, max_examples=50)
 @given(st.integers(8, 29), st.data())
 def test_lan_port_network_is_the_gateway_inside_the_project_subnet(

@@ -15,15 +15,18 @@ SERVICE = "dns"
 TABLES = ("DNS", "Logical_Switch")
 
 
-def converge_zone(api: Any, txn: Txn, want: DesiredZone) -> list[str]:
+def converge_zone(api: Any, txn: Txn, want: DesiredZone, *, adopt: bool = True) -> list[str]:
+    """``adopt``: also look for detached rows of the project in the whole ``DNS`` table
+    (O(projects)): keep one, delete the others. Worth it only where :func:`strays` found some."""
     switch = ovn.find(api, "Logical_Switch", want.switch)
     if switch is None:
         raise TemporaryError("SwitchMissing", f"switch {want.switch} does not exist yet")
     ids = ovn.ownership(SERVICE, want.key)
-    # The zone hangs off the project switch: look there first. Only when it is not there
-    # (first build, or an orphan to adopt) search the whole DNS table, which is O(projects).
+    # The zone hangs off the project switch: look there first.
     rows = [r for r in switch.dns_records if _mine(r, want.key)]
-    rows = rows or ovn.owned(api, "DNS", SERVICE, want.key)
+    if adopt:
+        attached = {r.uuid for r in rows}
+        rows += [r for r in ovn.owned(api, "DNS", SERVICE, want.key) if r.uuid not in attached]
     row = rows[0] if rows else ovn.insert(api, txn, "DNS", external_ids=ids)
     for extra in rows[1:]:
         _detach(api, extra)
@@ -64,3 +67,19 @@ def teardown_zone(api: Any, txn: Txn, key: str) -> int:
 
 def owned_projects(api: Any) -> set[str]:
     return ovn.owned_projects(api, ("DNS",), SERVICE)
+
+
+def strays(api: Any) -> set[str]:
+    """Projects with a DNS row of ours that is not their switch's zone: detached (by hand,
+    or the switch was remade) or one too many. One pass over the switches and the rows."""
+    attached = {
+        dns.uuid: ls.name for ls in ovn.rows(api, "Logical_Switch") for dns in ls.dns_records
+    }
+    out: set[str] = set()
+    seen: set[str] = set()
+    for row in ovn.owned(api, "DNS", SERVICE):
+        key = row.external_ids.get(ovn.PROJECT, "")
+        if row.uuid not in attached or key in seen:
+            out.add(key)
+        seen.add(key)
+    return out
