@@ -6,7 +6,7 @@
 #   docker compose up --build
 #
 # Layers, from the least to the most often changed: Debian packages, the pinned third-party
-# Python packages (from requirements.txt without its -e lines), then our seven packages.
+# Python packages (from requirements.txt without its -e lines), then our eight packages.
 # Editing source code therefore reinstalls only the last layer.
 #
 # Only the paths needed are copied (no `COPY . .`), so .venv/, .git/ and caches stay out of
@@ -60,13 +60,14 @@ RUN grep -vE '^[[:space:]]*-e[[:space:]]' requirements.txt > /tmp/requirements-p
     && pip install --no-cache-dir -r /tmp/requirements-pinned.txt \
     && rm /tmp/requirements-pinned.txt
 
-# Our seven distributions, installed exactly as requirements.txt says (editable, from /src).
+# Our eight distributions, installed exactly as requirements.txt says (editable, from /src).
 COPY proto/ proto/
 COPY runtime/ runtime/
 COPY services/ services/
 COPY cli/ cli/
 RUN pip install --no-cache-dir -r requirements.txt \
-    && python -m compileall -q proto runtime services cli
+COPY bridge/ bridge/
+    && python -m compileall -q proto runtime services cli bridge
 
 USER vpcbus
 WORKDIR /var/lib/vpcbus

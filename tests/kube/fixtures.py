@@ -1,0 +1,36 @@
+"""Fixtures around the fake API server: import them into a test module by name.
+
+``from tests.kube.fixtures import apiserver_fixture, kube_fixture, kubeconfig_fixture``
+makes the fixtures ``apiserver``, ``kubeconfig`` and ``kube`` (a real
+:class:`~vpcbus_runtime.kube.KubeClient` configured by that kubeconfig) available.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.kube.apiserver import FakeApiServer
+from vpcbus_runtime.kube import KubeClient
+
+
+@pytest.fixture(name="apiserver")
+def apiserver_fixture() -> Iterator[FakeApiServer]:
+    server = FakeApiServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(name="kubeconfig")
+def kubeconfig_fixture(apiserver: FakeApiServer, tmp_path: Path) -> Path:
+    return apiserver.write_kubeconfig(tmp_path / "kubeconfig")
+
+
+@pytest.fixture(name="kube")
+async def kube_fixture(kubeconfig: Path) -> AsyncIterator[KubeClient]:
+    client = KubeClient.from_config(str(kubeconfig))
+    yield client
+    await client.close()
