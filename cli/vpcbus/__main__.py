@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from vpcbus import addressing, dashboard, stack, tables, tracing, vms, watching, zones
+from vpcbus import addressing, dashboard, doctor, stack, tables, tracing, vms, watching, zones
 from vpcbus.client import RejectedError, WaitTimeoutError, deleted_at, ready_at
 from vpcbus.common import (
     EXIT_FAILED,
@@ -310,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard.add_parsers(sub)
     watching.add_parsers(sub)
     zones.add_parsers(sub)
+    doctor.add_parsers(sub)
 
     tr = sub.add_parser("trace", help="explain a packet's path with ovn-trace")
     tr.add_argument("project", metavar="ORG/PROJECT")

@@ -2,8 +2,9 @@
 
 Every service process registers with nats.micro (:mod:`vpcbus_runtime.service`) as
 ``vpcbus-<service>``, which answers ``$SRV.PING|INFO|STATS`` (discovery and counters), and
-adds one endpoint, ``vpcbus.svc.<service>.status``: request ``{organization, project}``,
-reply the service's view of that project. These are core NATS request/reply subjects,
+adds the endpoints ``vpcbus.svc.<service>.status`` (request ``{organization, project}``,
+reply the service's view of that project) and ``vpcbus.svc.<service>.doctor``
+(:mod:`.doctor`). These are core NATS request/reply subjects,
 not stored in any stream.
 
 The runtime and nats-py own these facts (proto may import neither), so they are restated
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from vpcbus_proto import channels, subjects, zones
+from vpcbus_proto import channels, doctor, subjects, zones
 
 #: The status endpoint (``{service}``: the service's name).
 STATUS_ENDPOINT: Final = "vpcbus.svc.{service}.status"
@@ -149,8 +150,9 @@ SCHEMAS: Final[dict[str, Any]] = {
         "properties": {
             ERROR_HEADER: _string("What went wrong."),
             ERROR_CODE_HEADER: _string(
-                "400: the request is not `{organization, project}` with DNS labels; 503: the "
-                "service's backend could not be read; 500: the service failed to answer."
+                "400: the request is not `{organization, project}` with DNS labels (the "
+                "doctor's: a `DoctorRequest`); 503: the service's backend could not be read; "
+                "500: the service failed to answer."
             ),
         },
     },
@@ -252,11 +254,45 @@ SCHEMAS["ServiceFigures"] = _object(
 
 
 def add_endpoints(cat: channels.Catalogue) -> None:
-    """The status endpoint, the DNS zone endpoint and nats.micro's control subjects, with
-    their replies."""
+    """The status and doctor endpoints, the DNS zone endpoint and nats.micro's control
+    subjects, with their replies."""
     _status_endpoint(cat)
+    _doctor_endpoint(cat)
     _zone_endpoint(cat)
     _micro(cat)
+
+
+def _doctor_endpoint(cat: channels.Catalogue) -> None:
+    cid = "doctorEndpoint"
+    cat.channel(
+        cid,
+        doctor.DOCTOR_ENDPOINT,
+        "Doctor endpoint",
+        "Ask a service what is wrong with its backend state (`vpcbus doctor`): VPC, NAT and "
+        "DNS run their own reconcile in a dry run against OVN NB (rows it would insert, change "
+        "or delete), IPAM audits its address book; nothing is written. With `fix`, every "
+        "project with a finding is reconciled (the normal path, statuses included) and "
+        "audited again. An empty body audits every project the service knows.",
+    )
+    cat.message(
+        cid, "doctorRequest", "Doctor request", "Which project (or all), and whether to fix.",
+        "DoctorRequest",
+    )  # fmt: skip
+    cat.message(
+        channels.REPLIES,
+        "doctorReply",
+        "Doctor reply",
+        "The findings (after the repair, with `fix`) and what the repair fixed; error 400 "
+        "for a bad request, 503 when OVN NB cannot be reached.",
+        "DoctorReply",
+        "ServiceErrorHeaders",
+    )
+    cat.operation(channels.CLIENT, "send", cid, "Ask for an audit.", reply="doctorReply")
+    for service in subjects.SERVICES:
+        cat.operation(
+            service, "receive", cid, f"{service} audits (`service` = `{service}`).",
+            reply="doctorReply", queue=MICRO_QUEUE_GROUP,
+        )  # fmt: skip
 
 
 def _zone_endpoint(cat: channels.Catalogue) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from vpcbus_proto.doctor import DoctorReply, DoctorRequest
 from vpcbus_proto.errors import ErrorEvent
 from vpcbus_proto.events import (
     EVENT_MODELS,
@@ -61,6 +62,8 @@ MODELS: dict[str, type[BaseModel]] = {
     "PoolUsage": PoolUsage,  # vpcbus.usage.pool.<pool>
     "ErrorEvent": ErrorEvent,  # vpcbus.error.> and vpcbus.dlq.>
     "ZoneReply": ZoneReply,  # the reply of vpcbus.svc.dns.zone
+    "DoctorRequest": DoctorRequest,  # the request of vpcbus.svc.<service>.doctor
+    "DoctorReply": DoctorReply,  # its reply
 }
 
 #: Messages that users publish and services validate; the others are published by services.

@@ -283,11 +283,16 @@ class Controller:
                 log.warning("resync failed", error=repr(exc))
             await asyncio.sleep(self.settings.resync_seconds)
 
-    async def resync(self) -> int:
-        """Queue every project this service knows of; returns how many."""
+    async def known_keys(self) -> set[str]:
+        """Every project this service knows of: records, backend-owned, named by members."""
         keys = set(await self.records.keys()) | set(await self.reconciler.owned_keys())
         if self.members is not None:
             keys |= set(self.members.projects())
+        return keys
+
+    async def resync(self) -> int:
+        """Queue every project this service knows of; returns how many."""
+        keys = await self.known_keys()
         for key in keys:
             self.queue.add(key, background=True)  # events and peers go first
         log.debug("resync queued", projects=len(keys))
@@ -503,9 +508,10 @@ class Controller:
         )  # fmt: skip
         if record is not None or result.state != "Deleted":
             await self.statuses.publish(org, project, record.generation if record else 0, result)
-        elif self.statuses.published(key):
+        elif self.statuses.published(key) or await self.peers.status(self.service, org, project):
             # A project that never existed but had members (a NIC attached to it, say): once
-            # they are gone, so is the status that said they were waiting for it.
+            # they are gone, so is the status that said they were waiting for it, even when
+            # an earlier process published it (this one was restarted since).
             await self.statuses.purge(org, project)
         if result.requeue_after is not None:
             self.queue.add_after(key, result.requeue_after)

@@ -8,15 +8,26 @@ project converges atomically. ovsdbapp's bare ``RuntimeError``s and time-outs be
 
 Ownership: every row a service creates carries ``external_ids`` ``vpcbus-owner=<service>``
 and ``vpcbus-project=<org>.<project>``; services only ever touch rows they own.
+
+Dry runs (``vpcbus doctor``): inside ``with dry_run() as plan:`` every :meth:`NbSession.transact`
+of the current task runs its function in a real transaction, records in ``plan`` what the
+transaction would write (:class:`Change`: rows inserted, columns changed, rows deleted) and
+aborts it, so a service's own reconcile says what it would repair and writes nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import threading
+import uuid
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
 
+from ovs.db import data
+from ovs.db import idl as ovs_idl
 from ovsdbapp.backend.ovs_idl import command, connection
 from ovsdbapp.schema.ovn_northbound import impl_idl
 
@@ -38,13 +49,67 @@ def ownership(service: str, project_key: str | None, **extra: str) -> dict[str, 
     return ids
 
 
+@dataclass(frozen=True)
+class Change:
+    """One row a dry-run transaction would have written."""
+
+    op: Literal["insert", "update", "delete"]
+    table: str
+    name: str  # the row's name, or what identifies it (a NAT rule's addresses, ...)
+    detail: str  # the columns it would set, or what would change (``col: before -> after``)
+    project: str = ""  # the row's ``vpcbus-project`` (empty: a shared row)
+
+    @property
+    def object(self) -> str:
+        return f"{self.table}/{self.name}"
+
+
+@dataclass
+class Plan:
+    """What the transactions of one dry run would have written, in order."""
+
+    changes: list[Change] = field(default_factory=list)
+    transactions: int = 0
+
+
+_PLAN: contextvars.ContextVar[Plan | None] = contextvars.ContextVar("vpcbus_nb_plan", default=None)
+
+
+@contextlib.contextmanager
+def dry_run() -> Iterator[Plan]:
+    """Record instead of write, in this task and what it awaits (a context variable: other
+    tasks, e.g. the reconciles the service keeps running meanwhile, write as usual)."""
+    plan = Plan()
+    token = _PLAN.set(plan)
+    try:
+        yield plan
+    finally:
+        _PLAN.reset(token)
+
+
+def dry_running() -> bool:
+    return _PLAN.get() is not None
+
+
+class _DryRunDoneError(Exception):
+    """Raised in the IDL thread after recording a dry run: ovsdbapp aborts the transaction."""
+
+    def __init__(self, result: Any, changes: list[Change]) -> None:
+        super().__init__("dry run")
+        self.result = result
+        self.changes = changes
+
+
 class _Run(command.BaseCommand):  # type: ignore[misc]
-    def __init__(self, api: Any, fn: Callable[[Any, Txn], Any]) -> None:
+    def __init__(self, api: Any, fn: Callable[[Any, Txn], Any], *, dry: bool = False) -> None:
         super().__init__(api)
         self.fn = fn
+        self.dry = dry
 
     def run_idl(self, txn: Txn) -> None:
         self.result = self.fn(self.api, txn)
+        if self.dry:
+            raise _DryRunDoneError(self.result, planned(txn))
 
 
 class NbSession:
@@ -77,8 +142,16 @@ class NbSession:
 
     def _run(self, fn: Callable[[Any, Txn], T]) -> T:
         api = self._connect()
+        plan = _PLAN.get()  # asyncio.to_thread runs this in a copy of the caller's context
         try:
-            result: T = _Run(api, fn).execute(check_error=True, log_errors=False)
+            result: T = _Run(api, fn, dry=plan is not None).execute(
+                check_error=True, log_errors=False
+            )
+        except _DryRunDoneError as aborted:
+            assert plan is not None
+            plan.transactions += 1
+            plan.changes += aborted.changes
+            return aborted.result  # type: ignore[no-any-return]
         except TemporaryError:
             raise
         except Exception as exc:
@@ -88,7 +161,8 @@ class NbSession:
         return result
 
     async def transact(self, fn: Callable[[Any, Txn], T]) -> T:
-        """Run ``fn(api, txn)`` in the IDL thread, in one OVSDB transaction."""
+        """Run ``fn(api, txn)`` in the IDL thread, in one OVSDB transaction (inside
+        :func:`dry_run`: recorded, then aborted; ``fn``'s result is returned all the same)."""
         return await asyncio.to_thread(self._run, fn)
 
     async def read(self, fn: Callable[[Any], T]) -> T:
@@ -175,3 +249,150 @@ def owned_projects(api: Any, tables: tuple[str, ...], service: str) -> set[str]:
             if key:
                 keys.add(key)
     return keys
+
+
+# -- what a transaction would write (dry runs) ---------------------------------------------
+
+#: How rows without a ``name`` column are told apart in a plan.
+_LABELS: dict[str, Callable[[Callable[[str], Any]], str]] = {
+    "NAT": lambda v: f"{v('type')}:{v('logical_ip')}->{v('external_ip')}",
+    "ACL": lambda v: f"{v('direction')}:{v('priority')}:{v('match')}",
+    "Logical_Router_Static_Route": lambda v: f"{v('ip_prefix')}->{v('nexthop')}",
+}
+#: Longest ``detail`` of a :class:`Change`.
+MAX_DETAIL = 240
+
+
+def planned(txn: Txn) -> list[Change]:
+    """The rows ``txn`` (a python-ovs ``Transaction``, not yet committed) would write.
+
+    python-ovs keeps every touched row in ``txn._txn_rows``: an inserted row has no committed
+    ``_data``, a deleted one has ``_changes`` None, an updated one has ``_changes`` (columns
+    written) and ``_mutations`` (set elements added or removed). Columns written with the
+    value they already have are left out, and so are references to rows the same
+    transaction inserts or deletes (the new port is reported, not the switch's ``ports``).
+    """
+    touched = list(txn._txn_rows.values())
+    labels: dict[uuid.UUID, str] = {r.uuid: label(r) for r in touched}
+    implied = {r.uuid for r in touched if r._data is None or r._changes is None}
+    out = []
+    for row in touched:
+        table = row._table.name
+        if row._changes is None:
+            if row._data is not None:
+                detail = _summary(row, labels, txn)
+                out.append(Change("delete", table, labels[row.uuid], detail, _project(row)))
+        elif row._data is None:
+            detail = _summary(row, labels, txn)
+            out.append(Change("insert", table, labels[row.uuid], detail, _project(row)))
+        else:
+            diffs = _diffs(row, implied, labels, txn)
+            if diffs:
+                detail = _clip("; ".join(diffs))
+                out.append(Change("update", table, labels[row.uuid], detail, _project(row)))
+    return out
+
+
+def _datum(row: Row, column: str) -> Any:
+    """The column as the transaction leaves it (a deleted row: as committed); None: unset."""
+    if row._changes is None:
+        return row._data.get(column)
+    try:
+        value = getattr(row, column)
+    except AttributeError:  # an inserted row that never set it
+        return None
+    return data.Datum.from_python(row._table.columns[column].type, value, ovs_idl._row_to_uuid)
+
+
+def _plain(row: Row, column: str) -> Any:
+    found = _datum(row, column)
+    return found.to_python(lambda value, _base: value) if found is not None else None
+
+
+def label(row: Row) -> str:
+    """How a row is named in a plan and by ``vpcbus doctor``: its ``name``; a NAT rule, ACL or
+    static route by what it matches (``snat:10.0.0.0/24->100.65.0.2``); else its project."""
+    columns = row._table.columns
+    if "name" in columns:
+        name = _plain(row, "name")
+        if name:
+            return str(name)
+    make = _LABELS.get(row._table.name)
+    if make is not None:
+        return make(lambda column: _plain(row, column))
+    return _project(row) or str(row.uuid)[:8]
+
+
+def _project(row: Row) -> str:
+    ids = _plain(row, "external_ids") if "external_ids" in row._table.columns else None
+    return str(ids.get(PROJECT, "")) if isinstance(ids, dict) else ""
+
+
+def _atom(value: Any, base: Any, labels: dict[uuid.UUID, str], txn: Txn) -> str:
+    """One value; a reference as the label of the row it names."""
+    if not isinstance(value, uuid.UUID):
+        return str(value)
+    if value not in labels and base.ref_table_name:
+        row = txn.idl.tables[base.ref_table_name].rows.get(value)
+        labels[value] = label(row) if row is not None else str(value)[:8]
+    return labels.get(value, str(value)[:8])
+
+
+def _render(datum: Any, labels: dict[uuid.UUID, str], txn: Txn) -> str:
+    if datum is None:
+        return "-"
+    kind = datum.type
+    if kind.is_map():
+        pairs = [
+            f"{_atom(k.value, kind.key, labels, txn)}={_atom(v.value, kind.value, labels, txn)}"
+            for k, v in sorted(datum.values.items())
+        ]
+        return "{" + ", ".join(pairs) + "}"
+    items = [_atom(k.value, kind.key, labels, txn) for k in sorted(datum.values)]
+    if kind.is_scalar():
+        return items[0] if items else "-"
+    return "[" + ", ".join(items) + "]"
+
+
+def _summary(row: Row, labels: dict[uuid.UUID, str], txn: Txn) -> str:
+    """The row's set columns (not ``external_ids``), for an inserted or deleted row."""
+    parts = []
+    for column in sorted(row._table.columns):
+        datum = _datum(row, column)
+        if column in ("name", "external_ids") or datum is None or datum.is_default():
+            continue
+        shown = _render(datum, labels, txn)
+        if shown not in ("", "-", "[]", "{}"):
+            parts.append(f"{column}={shown}")
+    return _clip(", ".join(parts))
+
+
+def _diffs(row: Row, implied: set[uuid.UUID], labels: dict[uuid.UUID, str], txn: Txn) -> list[str]:
+    """``column: before -> after`` for each column an update really changes."""
+    mutations = row._mutations or {}
+    names = (
+        set(row._changes) | set(mutations.get("_inserts", {})) | set(mutations.get("_removes", {}))
+    )
+    out = []
+    for column in sorted(names):
+        kind = row._table.columns[column].type
+        before = row._data.get(column) or data.Datum.default(kind)
+        after = _datum(row, column)
+        if after is None or before == after:
+            continue
+        if kind.key.ref_table_name and not kind.is_map():
+            old = {a.value for a in before.values}
+            new = {a.value for a in after.values}
+            added, removed = sorted(new - old - implied), sorted(old - new - implied)
+            if not added and not removed:
+                continue  # only rows this transaction inserts or deletes: reported themselves
+            show = [f"+{_atom(u, kind.key, labels, txn)}" for u in added]
+            show += [f"-{_atom(u, kind.key, labels, txn)}" for u in removed]
+            out.append(f"{column}: {' '.join(show)}")
+            continue
+        out.append(f"{column}: {_render(before, labels, txn)} -> {_render(after, labels, txn)}")
+    return out
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_DETAIL else text[: MAX_DETAIL - 3] + "..."

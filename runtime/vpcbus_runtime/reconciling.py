@@ -14,6 +14,7 @@ from typing import Protocol
 
 from pydantic import BaseModel
 
+from vpcbus_proto.doctor import Finding
 from vpcbus_proto.status import AddressFacts, MemberStatus, Resolver, ServiceStatus, State
 from vpcbus_proto.subjects import EventFamily, ServiceName
 from vpcbus_runtime.members import MemberRecord
@@ -60,7 +61,12 @@ class Result:
 
 
 class Reconciler(Protocol):
-    """What a service provides to :func:`vpcbus_runtime.service.run`."""
+    """What a service provides to :func:`vpcbus_runtime.service.run`.
+
+    ``reconcile`` must write nothing but OVN NB rows through its ``NbSession`` (and return its
+    result): the doctor (:mod:`vpcbus_runtime.doctoring`) runs it in a dry run to audit a
+    project. A reconciler that writes anything else provides :class:`Auditor` instead.
+    """
 
     #: Peers whose status changes should trigger a reconcile of the same project.
     watches: Sequence[ServiceName]
@@ -113,3 +119,17 @@ class EndpointProvider(Protocol):
     """
 
     endpoints: Mapping[str, ProjectEndpoint]
+
+
+class Auditor(Protocol):
+    """Optional for a :class:`Reconciler` whose reconcile writes more than NB rows (IPAM: its
+    address book in KV): the doctor calls ``audit`` instead of a dry-run reconcile."""
+
+    async def audit(self, ctx: Context) -> Sequence[Finding]:
+        """What is wrong with the project's backend state; writes nothing."""
+        ...
+
+    def will_repair(self, key: str) -> None:
+        """The doctor is about to queue ``key`` to repair it: let that run do all its checks
+        (no shortcut a memo of earlier runs allows)."""
+        ...

@@ -1,8 +1,9 @@
 """Process wiring for a service: settings, logging, NATS, streams, controller, discovery.
 
 Each service's ``__main__`` calls :func:`main` with its name and a factory that builds its
-reconciler. The process registers with ``nats.micro`` (``$SRV.PING|INFO|STATS``) and
-exits cleanly on SIGTERM / SIGINT.
+reconciler. The process registers with ``nats.micro`` (``$SRV.PING|INFO|STATS``) with the
+endpoints ``status`` (below) and ``doctor`` (:mod:`.doctoring`), and exits cleanly on
+SIGTERM / SIGINT.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from nats.micro.service import Service
 from vpcbus_proto import names, subjects
 from vpcbus_proto.status import ServiceStatus
 from vpcbus_proto.subjects import ServiceName
-from vpcbus_runtime import bus, logs
+from vpcbus_runtime import bus, doctoring, logs
 from vpcbus_runtime.controller import Controller
 from vpcbus_runtime.errors import ReconcileError
 from vpcbus_runtime.members import MemberIndex, MemberRecord
@@ -137,6 +138,11 @@ async def _register(controller: Controller) -> Service:
 
     await svc.add_endpoint(
         name="status", handler=status, subject=endpoint_subject(controller.service, "status")
+    )
+    await svc.add_endpoint(
+        name="doctor",
+        handler=doctoring.endpoint(controller),
+        subject=endpoint_subject(controller.service, "doctor"),
     )
     extra: Mapping[str, ProjectEndpoint] = getattr(controller.reconciler, "endpoints", {})
     for name, handler in extra.items():

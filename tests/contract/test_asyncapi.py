@@ -39,7 +39,7 @@ import vpcbus_runtime.service
 from vpcbus_dns.reconciler import DnsReconciler
 from vpcbus_ipam.reconciler import IpamReconciler
 from vpcbus_nat.reconciler import NatReconciler
-from vpcbus_proto import channels, endpoints, schemas, subjects, zones
+from vpcbus_proto import channels, doctor, endpoints, schemas, subjects, zones
 from vpcbus_proto.asyncapi import (
     DOCUMENT,
     VERSION,
@@ -283,6 +283,7 @@ def test_every_channel_is_stored_in_a_stream_except_the_requests() -> None:
     unstored = {a for a in addresses() if channels.stream_of(a) is None}
     assert unstored == {
         endpoints.STATUS_ENDPOINT,
+        doctor.DOCTOR_ENDPOINT,
         zones.ZONE_ENDPOINT,
         *(f"{endpoints.MICRO_PREFIX}.{v}.{endpoints.MICRO_NAME}" for v in endpoints.MICRO_VERBS),
     }, "a subject family no stream captures: add its filter to the stream in subjects.py"
@@ -439,6 +440,12 @@ def bodies() -> list[tuple[str, object]]:
         observed_at=datetime.now(UTC),
     )  # fmt: skip
     lag = Lag(pending=4, ack_pending=2, redelivered=1, at=datetime.now(UTC))
+    finding = doctor.Finding(
+        service="vpc", project="acme.shop", kind="drifted",
+        object="Logical_Switch_Port/web.acme-shop", detail="addresses: [a] -> [b]",
+    )  # fmt: skip
+    ask = doctor.DoctorRequest(organization="acme", project="shop", fix=True)
+    answer = doctor.DoctorReply(service="vpc", projects=2, findings=[finding], fixed=[finding])
 
     def view(
         service: ServiceName, rec: ProjectRecord | None, revision: int,
@@ -454,6 +461,9 @@ def bodies() -> list[tuple[str, object]]:
         ("ProjectUpserted", new_event(subjects.PROJECT_CREATED, PROJECT, generation=1)),
         ("ProjectDeleted", new_event(subjects.PROJECT_DELETED, PROJECT.ref)),
         ("StatusRequest", {"organization": "acme", "project": "shop"}),
+        ("DoctorRequest", {}),
+        ("DoctorRequest", ask.model_dump(by_alias=True)),
+        ("DoctorReply", answer.model_dump(by_alias=True)),
         ("StatusReply", view("ipam", record, 3, {nic.member: nic}, False, status)),
         ("StatusReply", view("vpc", tombstone, 4, {gone.member: gone}, True, None)),
         ("StatusReply", view("dns", None, 0, {}, False, None)),
@@ -469,7 +479,8 @@ def test_real_bodies_validate_against_their_component_schema(schema: str, body: 
 
 
 @pytest.mark.parametrize(
-    "schema", ["ProjectUpserted", "StatusReply", "ServiceFigures", *micro_bodies()]
+    "schema",
+    ["ProjectUpserted", "StatusReply", "DoctorReply", "ServiceFigures", *micro_bodies()],
 )
 def test_an_unknown_field_fails_the_component_schema(schema: str) -> None:
     body = copy.deepcopy(dict(bodies())[schema])
@@ -527,6 +538,7 @@ def test_endpoints_are_the_runtimes_and_nats_micros() -> None:
     runtime = vpcbus_runtime.service
     assert runtime.endpoint_subject("{service}", "status") == endpoints.STATUS_ENDPOINT
     assert runtime.endpoint_subject("dns", "zone") == zones.ZONE_ENDPOINT
+    assert runtime.endpoint_subject("{service}", "doctor") == doctor.DOCTOR_ENDPOINT
     assert runtime.micro_name("{service}") == endpoints.MICRO_NAME
     svc, req = nats.micro.service, nats.micro.request
     assert endpoints.MICRO_PREFIX == svc.DEFAULT_PREFIX

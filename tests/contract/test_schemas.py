@@ -21,6 +21,7 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from vpcbus_proto import subjects
+from vpcbus_proto.doctor import DoctorReply, DoctorRequest
 from vpcbus_proto.errors import ErrorEvent
 from vpcbus_proto.events import (
     EipCreated,
@@ -97,7 +98,7 @@ def test_every_message_on_the_bus_has_a_schema() -> None:
         ProjectUpserted, ProjectDeleted, WorkloadAttached, WorkloadDetached, EipCreated, EipDeleted,
         FipCreated, FipDeleted, ServiceUpserted, ServiceDeleted,
     }  # fmt: skip
-    replies = {ZoneReply}  # of request/reply endpoints, not stored
+    replies = {ZoneReply, DoctorRequest, DoctorReply}  # of request/reply endpoints, not stored
     assert set(MODELS.values()) == inbound | {ServiceStatus, ErrorEvent, PoolUsage} | replies
     assert inbound == INBOUND
 

@@ -20,10 +20,12 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from vpcbus_ipam import auditing
 from vpcbus_ipam.addresses import AddressBook, Binding, ip_of, namespace_key
 from vpcbus_ipam.allocator import AllocationError, SpaceView
 from vpcbus_ipam.pools import Pool, overlapping_pool, project_subnet
 from vpcbus_proto import names
+from vpcbus_proto.doctor import Finding
 from vpcbus_proto.members import (
     DEFAULT_INTERFACE,
     EipSpec,
@@ -255,6 +257,27 @@ class IpamReconciler:
                 if len(parts) >= 3 and parts[0] == "project":
                     keys.add(parts[1])
         return sorted(keys)
+
+    async def audit(self, ctx: Context) -> Sequence[Finding]:
+        """The doctor's check of the project's addresses: the sweep's rules, report-only
+        (:mod:`.auditing`). Nothing while a deletion waits for VPC's teardown."""
+        record = ctx.record
+        if record is not None and record.spec is None:
+            vpc = await ctx.peers.status("vpc", ctx.organization, ctx.project)
+            if vpc is None or vpc.state != "Deleted" or vpc.generation < record.generation:
+                return []
+        live = record is not None and record.spec is not None
+        subnet = None
+        if record is not None and record.spec is not None:
+            subnet = project_subnet(ctx.key, record.spec.network, record.spec.gateway)
+        return auditing.audit(
+            self.book, self.policy.pools, ctx.key, names.namespace(ctx.organization, ctx.project),
+            subnet, wanted_holders(ctx) if live else None, now=time.time(), grace=SWEEP_GRACE,
+        )  # fmt: skip
+
+    def will_repair(self, key: str) -> None:
+        """The doctor queues ``key``: its next reconcile checks every NIC and sweeps."""
+        self._memos.pop(key, None)
 
     async def reconcile(self, ctx: Context) -> Result:
         record = ctx.record
@@ -841,6 +864,26 @@ class IpamReconciler:
         if dropped:
             message += f"{'; ' if message else ''}dropped {dropped} subnet keys"
         return Result("Deleted", "Released", message)
+
+
+def wanted_holders(ctx: Context) -> auditing.Wanted:
+    """Who may hold the project's addresses: what :meth:`IpamReconciler._sweep` keeps (live
+    NICs; the gateway, user EIPs and the own EIPs of FIPs and services), and whose release
+    is due (removed members)."""
+    live = [r for r in ctx.members.values() if not r.deleted]
+    external = {gateway_holder(ctx.key)}
+    external |= {eip_holder(ctx.key, r.eip.name) for r in live if r.eip is not None}
+    external |= {fip_holder(ctx.key, r.fip.name) for r in live if r.fip and r.fip.eip is None}
+    external |= {
+        service_holder(ctx.key, r.service.name)
+        for r in live
+        if r.service and not r.service.bind_on_default_gw_eip and r.service.bind_on_eip is None
+    }
+    return auditing.Wanted(
+        nics=frozenset(r.workload.holder for r in live if r.workload is not None),
+        external=frozenset(external),
+        removed=frozenset(member_holder(ctx.key, m) for m, r in ctx.members.items() if r.deleted),
+    )
 
 
 def member_holder(project_key: str, member: str) -> str:
