@@ -28,6 +28,7 @@ from typing import Any, Literal, TypeVar
 
 from ovs.db import data
 from ovs.db import idl as ovs_idl
+from ovs.db import types as ovs_types
 from ovsdbapp.backend.ovs_idl import command, connection
 from ovsdbapp.schema.ovn_northbound import impl_idl
 
@@ -235,10 +236,27 @@ def converge(row: Row, **columns: Any) -> bool:
 
 def ensure_member(row: Row, column: str, member: Row) -> bool:
     """Add ``member`` to a set-of-references column; True when it was missing."""
-    if any(m.uuid == member.uuid for m in getattr(row, column, [])):
+    if has_member(row, column, member.uuid):
         return False
     row.addvalue(column, member)
     return True
+
+
+def has_member(row: Row, column: str, member: uuid.UUID) -> bool:
+    """Whether a set-of-references column holds ``member``.
+
+    Reading the column (``row.ports``) builds a Row object for every reference: on a shared
+    switch such as ``ext-cloud`` that is O(projects) per converge (bench/: half of VPC's CPU
+    in a 1,000-project burst). When the column has no change pending in this transaction,
+    the committed datum answers by a set lookup instead."""
+    changes = getattr(row, "_changes", None)
+    mutations: dict[str, Any] | None = getattr(row, "_mutations", None)
+    committed = getattr(row, "_data", None)
+    pending = changes is None or mutations is None or column in changes
+    pending = pending or any(column in found for found in (mutations or {}).values())
+    if pending or not committed or column not in committed:
+        return any(m.uuid == member for m in getattr(row, column, []))
+    return data.Atom(ovs_types.UuidType, member) in committed[column].values
 
 
 def owned_projects(api: Any, tables: tuple[str, ...], service: str) -> set[str]:
