@@ -45,11 +45,12 @@ RUN printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d \
     && rm -rf /var/lib/apt/lists/* \
     && python3 -m venv "$VIRTUAL_ENV"
 
-# The runtime user. /var/lib/vpcbus/ovn is the ovn-central container's database volume: a
-# named volume mounted there starts as a copy of this directory, owner included.
+# The runtime user. /var/lib/vpcbus/ovn is the ovn-central container's database volume and
+# /var/lib/vpcbus/nats-auth the NATS users' (compose.yaml): a named volume mounted there
+# starts as a copy of this directory, owner included.
 RUN useradd --system --user-group --uid 10001 --home-dir /var/lib/vpcbus \
         --shell /usr/sbin/nologin vpcbus \
-    && mkdir -p /var/lib/vpcbus/ovn \
+    && mkdir -p /var/lib/vpcbus/ovn /var/lib/vpcbus/nats-auth \
     && chown -R vpcbus:vpcbus /var/lib/vpcbus
 
 WORKDIR /src
@@ -65,8 +66,8 @@ COPY proto/ proto/
 COPY runtime/ runtime/
 COPY services/ services/
 COPY cli/ cli/
-RUN pip install --no-cache-dir -r requirements.txt \
 COPY bridge/ bridge/
+RUN pip install --no-cache-dir -r requirements.txt \
     && python -m compileall -q proto runtime services cli bridge
 
 USER vpcbus

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from vpcbus import addressing, dashboard, doctor, stack, tables, tracing, vms, watching, zones
-from vpcbus.client import RejectedError, WaitTimeoutError, deleted_at, ready_at
+from vpcbus import addressing, auth, dashboard, doctor, stack, tables, tracing, vms, watching, zones
+from vpcbus.client import NotAllowedError, RejectedError, WaitTimeoutError, deleted_at, ready_at
 from vpcbus.common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -199,6 +199,8 @@ def up_cmd(args: argparse.Namespace) -> int:
     print(f"vpcbus is up in {time.monotonic() - started:.1f}s (home {state.home})")
     print(f"  NATS_URL={state.nats_url}")
     print(f"  OVN_NB_DB={state.ovn_nb_db}")
+    cli_password = auth.password_file(Path(state.home) / auth.AUTH_DIR, auth.CLI_PRINCIPAL)
+    print(f"  NATS_USER={auth.CLI_PRINCIPAL} NATS_PASSWORD_FILE={cli_password}")
     print(f"  chassis: {state.chassis or 'none (run as root for a local data path)'}")
     return EXIT_OK
 
@@ -311,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     watching.add_parsers(sub)
     zones.add_parsers(sub)
     doctor.add_parsers(sub)
+    auth.add_parsers(sub)
 
     tr = sub.add_parser("trace", help="explain a packet's path with ovn-trace")
     tr.add_argument("project", metavar="ORG/PROJECT")
@@ -345,6 +348,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except WaitTimeoutError as exc:
         print(f"error: timed out waiting: {exc}", file=sys.stderr)
         code = EXIT_TIMEOUT
+    except NotAllowedError as exc:  # the server's permissions (vpcbus_proto.permissions)
+        print(f"error: {exc}", file=sys.stderr)
+        code = EXIT_FAILED
     except CliError as exc:
         print(f"error: {exc}", file=sys.stderr)
         code = exc.code

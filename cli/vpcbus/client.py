@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,7 +39,7 @@ from vpcbus_proto.projects import ProjectRef, ProjectSpec
 from vpcbus_proto.status import PoolUsage, ServiceStatus, parse_status
 from vpcbus_proto.subjects import ServiceName
 from vpcbus_proto.zones import ZONE_ENDPOINT, ZoneReply
-from vpcbus_runtime import bus
+from vpcbus_runtime import bus, natsauth
 from vpcbus_runtime.statuses import StreamPeers
 
 Statuses = dict[str, ServiceStatus]
@@ -55,6 +55,14 @@ class RejectedError(Exception):
 
 class EndpointError(Exception):
     """A service endpoint did not answer, or answered with an error."""
+
+
+class NotAllowedError(Exception):
+    """The server refused to let this user publish on a subject (its permissions)."""
+
+
+#: How nats-py reports a refused publish to the error callback (in lower case).
+_REFUSED = re.compile(r'permissions violation for publish to "([^"]+)"', re.IGNORECASE)
 
 
 class WaitTimeoutError(Exception):
@@ -88,23 +96,45 @@ class Client:
     def __init__(self, nc: Nats) -> None:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
+        #: Subjects the server refused us to publish to (lower case, as nats-py reports them).
+        self.refused: set[str] = set()
+        self._refusal = asyncio.Event()
+
+    def _on_error(self, exc: Exception) -> None:
+        if found := _REFUSED.search(str(exc)):
+            self.refused.add(found[1].lower())
+            self._refusal.set()
+
+    async def _until_refused(self, subject: str) -> None:
+        while subject.lower() not in self.refused:
+            self._refusal.clear()
+            await self._refusal.wait()
 
     @classmethod
-    async def connect(cls, url: str, *, name: str = "vpcbus-cli") -> Client:
-        async def quiet(_exc: Exception) -> None:
-            """The CLI reports the final failure itself; no traceback per attempt."""
+    async def connect(
+        cls, url: str, *, name: str = "vpcbus-cli", auth: natsauth.NatsAuth | None = None
+    ) -> Client:
+        """Connect as ``auth``; by default as the ``NATS_*`` environment says (:mod:`natsauth`)."""
+
+        client: Client | None = None
+
+        async def quiet(exc: Exception) -> None:
+            """The CLI reports the final failure itself; no traceback per attempt. A refused
+            publish is noted, so :meth:`publish_body` fails at once (no reply comes)."""
+            if client is not None:
+                client._on_error(exc)
 
         nc = await nats.connect(
             servers=[u.strip() for u in url.split(",")],
             name=name,
-            user=os.environ.get("NATS_USER"),
-            password=os.environ.get("NATS_PASSWORD"),
+            **(auth or natsauth.from_env()).options(),
             error_cb=quiet,
             connect_timeout=2,
             max_reconnect_attempts=3,
             reconnect_time_wait=0.5,
         )
-        return cls(nc)
+        client = cls(nc)
+        return client
 
     async def ensure_streams(self) -> None:
         """Declare the streams (idempotent), so publishing works before any service ran."""
@@ -118,12 +148,22 @@ class Client:
     async def publish_body(self, subject: str, body: dict[str, object]) -> Published:
         """Publish a CloudEvent body on a lifecycle subject, with ``Nats-Msg-Id`` = id."""
         event_id = str(body["id"])
-        ack = await self.js.publish(
-            subject,
-            json.dumps(body).encode(),
-            headers={"Nats-Msg-Id": event_id},
-            stream=subjects.EVENTS_STREAM,
+        publish = asyncio.ensure_future(
+            self.js.publish(
+                subject,
+                json.dumps(body).encode(),
+                headers={"Nats-Msg-Id": event_id},
+                stream=subjects.EVENTS_STREAM,
+            )
         )
+        refused = asyncio.ensure_future(self._until_refused(subject))
+        await asyncio.wait({publish, refused}, return_when=asyncio.FIRST_COMPLETED)
+        refused.cancel()
+        if not publish.done():
+            publish.cancel()
+            user = self.nc.options.get("user") or "anonymous"
+            raise NotAllowedError(f"NATS refused user {user} to publish {subject}")
+        ack = publish.result()
         gen = body.get("generation")
         generation = int(gen) if isinstance(gen, int) else ack.seq
         return Published(event_id, ack.seq, generation, bool(ack.duplicate))

@@ -14,9 +14,10 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from vpcbus import stack
+from vpcbus import auth, stack
 from vpcbus.client import Client
 from vpcbus_proto import names
+from vpcbus_runtime import natsauth
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
 #: Ctrl-C (SIGINT), as shells report it.
@@ -56,11 +57,15 @@ def invalid(what: str, exc: ValidationError) -> CliError:
 
 
 async def connect(home: Path, url: str | None = None) -> Client:
-    """A client of ``url``, by default the NATS that :func:`endpoints` names."""
+    """A client of ``url``, by default the NATS that :func:`endpoints` names, logged in as
+    :func:`vpcbus.auth.client_login` says (the environment's user, else the stack's ``cli``)."""
     url = url or endpoints(home)["nats"]
+    state = stack.load_state(home)
+    login = auth.client_login(home, url, state.nats_url if state else None)
     try:
-        client = await Client.connect(url)
+        client = await Client.connect(url, auth=login)
     except Exception as exc:
-        raise CliError(f"cannot connect to NATS at {url}: {exc}", EXIT_UNREACHABLE) from exc
+        where = natsauth.redacted(url)
+        raise CliError(f"cannot connect to NATS at {where}: {exc}", EXIT_UNREACHABLE) from exc
     await client.ensure_streams()
     return client

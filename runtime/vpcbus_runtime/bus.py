@@ -2,11 +2,17 @@
 
 Declarations are idempotent (create-or-update), so every service and the CLI may run them
 at start-up in any order. Called by :mod:`.service` and by the CLI's embedded stack.
+A stream is only updated when its configuration differs from the declared one: on a
+server with authorization (``vpcbus_proto.permissions``) only ``admin`` may update one, and
+the others run with the configuration they find (with a warning).
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import nats
+import nats.errors
 import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext, api
@@ -14,6 +20,7 @@ from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from vpcbus_proto import subjects
+from vpcbus_runtime import natsauth
 
 #: Events are kept a week: enough for any consumer to catch up after an outage.
 EVENTS_MAX_AGE = 7 * 24 * 3600.0
@@ -27,7 +34,8 @@ async def connect(
     """Connect and keep reconnecting forever: a reconciler must outlive server restarts.
 
     Connection errors are logged as one structured line each (nats-py's default callback
-    logs a traceback per failed attempt).
+    logs a traceback per failed attempt). ``user`` / ``password`` win over the environment's
+    login (:mod:`.natsauth`), which also gives the reply inbox and TLS.
     """
     servers = [u.strip() for u in url.split(",") if u.strip()]
     log = structlog.get_logger("vpcbus.bus")
@@ -41,11 +49,11 @@ async def connect(
     async def on_reconnected() -> None:
         log.info("nats reconnected")
 
+    auth = natsauth.from_env().with_login(user, password)
     return await nats.connect(
         servers=servers,
         name=name,
-        user=user,
-        password=password,
+        **auth.options(),
         error_cb=on_error,
         disconnected_cb=on_disconnected,
         reconnected_cb=on_reconnected,
@@ -90,20 +98,41 @@ def stream_configs() -> list[api.StreamConfig]:
     ]
 
 
+def differences(declared: api.StreamConfig, found: api.StreamConfig) -> list[str]:
+    """The fields ``declared`` sets (those not at their default) that ``found`` has otherwise."""
+    want, have = declared.as_dict(), found.as_dict()
+    return [
+        f.name
+        for f in dataclasses.fields(api.StreamConfig)
+        if f.name in want
+        and getattr(declared, f.name) != f.default
+        and want[f.name] != have.get(f.name)
+    ]
+
+
 async def ensure_streams(js: JetStreamContext) -> None:
     """Create the three streams, or update them to the declared configuration."""
     for config in stream_configs():
         try:
-            await js.stream_info(config.name or "")
+            info = await js.stream_info(config.name or "")
         except NotFoundError:
             try:
                 await js.add_stream(config)
             except BadRequestError:
-                # Another process created it in between; fall through to the update.
-                pass
+                # Another process created it in between; compare with what it made.
+                info = await js.stream_info(config.name or "")
             else:
                 continue
-        await js.update_stream(config)
+        changed = differences(config, info.config)
+        if not changed:
+            continue
+        try:
+            await js.update_stream(config)
+        except nats.errors.TimeoutError:
+            # No answer: the server refused the request (only admin may update a stream).
+            log = structlog.get_logger("vpcbus.bus")
+            log.warning("stream differs; not allowed to update", stream=config.name,
+                        fields=changed)  # fmt: skip
 
 
 async def ensure_bucket(js: JetStreamContext, bucket: str, *, history: int = 1) -> KeyValue:

@@ -26,7 +26,7 @@ from nats.micro.service import Service
 from vpcbus_proto import names, subjects
 from vpcbus_proto.status import ServiceStatus
 from vpcbus_proto.subjects import ServiceName
-from vpcbus_runtime import bus, doctoring, logs
+from vpcbus_runtime import bus, doctoring, logs, natsauth
 from vpcbus_runtime.controller import Controller
 from vpcbus_runtime.errors import ReconcileError
 from vpcbus_runtime.members import MemberIndex, MemberRecord
@@ -174,7 +174,8 @@ async def serve(service: ServiceName, factory: Factory, settings: Settings) -> N
     controller = Controller(service, reconciler, nc, js, RecordStore(kv), settings, members)
     await controller.start()
     micro = await _register(controller)
-    log.info("service started", nats=settings.nats_url, instance=settings.instance)
+    log.info("service started", nats=natsauth.redacted(settings.nats_url),
+             user=nc.options["user"], instance=settings.instance)  # fmt: skip
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

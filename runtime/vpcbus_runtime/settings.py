@@ -29,7 +29,10 @@ class Settings:
 
     nats_url: str = field(default_factory=lambda: os.environ.get("NATS_URL", DEFAULT_NATS_URL))
     nats_user: str | None = field(default_factory=lambda: os.environ.get("NATS_USER"))
-    nats_password: str | None = field(default_factory=lambda: os.environ.get("NATS_PASSWORD"))
+    nats_password: str | None = field(
+        default_factory=lambda: os.environ.get("NATS_PASSWORD"),
+        repr=False,  # never logged
+    )
     ovn_nb_db: str = field(default_factory=lambda: os.environ.get("OVN_NB_DB", DEFAULT_OVN_NB_DB))
     #: Full pass over every known project, repairing drift and missed events.
     resync_seconds: float = field(default_factory=lambda: _float("VPCBUS_RESYNC_SECONDS", 30.0))

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.conftest import SERVICE_ENV
-from vpcbus import stack
+from vpcbus import auth, stack
 from vpcbus.client import Client
 from vpcbus.embedded.natsd import free_port
 from vpcbus_proto.status import ServiceStatus, WorkloadAddress
@@ -60,7 +60,9 @@ class Cli:
         org, name = project.split("/")
 
         async def read() -> ServiceStatus | None:
-            client = await Client.connect(self.state().nats_url, name="vpcbus-datapath-tests")
+            url = self.state().nats_url  # as the CLI logs in to its stack: user cli
+            login = auth.client_login(self.home, url, url)
+            client = await Client.connect(url, name="vpcbus-datapath-tests", auth=login)
             try:
                 return await client.status(service, org, name)
             finally:

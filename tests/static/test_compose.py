@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
+from vpcbus import auth
 from vpcbus.embedded import commands
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,8 +30,13 @@ COMPOSE_FILE = ROOT / "compose.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
 REQUIREMENTS = ROOT / "requirements.txt"
 
-BUILT_IMAGE_SERVICES = ("ovn-central", "chassis", "dashboard", *commands.SERVICES)
+BUILT_IMAGE_SERVICES = ("nats-auth", "ovn-central", "chassis", "dashboard", *commands.SERVICES)
 ALL_SERVICES = ("nats", *BUILT_IMAGE_SERVICES)
+#: Containers that run once and exit (restart "no", no healthcheck): the NATS users.
+ONE_SHOT = ("nats-auth",)
+#: Where the nats-auth volume is mounted (a subdirectory of it, except in nats and nats-auth).
+AUTH_DIR = "/var/lib/vpcbus/nats-auth"
+NATS_CONFIG_DIR = "/etc/nats/vpcbus"
 
 
 def _load_compose() -> dict[str, Any]:
@@ -65,11 +71,15 @@ def strings(node: object) -> list[str]:
 def fixture_argvs(tmp: Path) -> dict[str, list[str]]:
     """The argvs the test fixtures and ``vpcbus up`` build, with test-like values."""
     return {
+        "nats-auth": commands.nats_config_argv(
+            directory=tmp / "auth", vpcbus=Path(sys.executable).parent / "vpcbus"
+        ),
         "nats": commands.nats_server_argv(
             port=40123,
             monitor_port=40124,
             store_dir=tmp / "nats" / "js",
             binary=Path(sys.executable).parent / "nats-server",
+            config=tmp / "auth" / "server" / "nats-server.conf",
         ),
         "ovn-central": commands.ovn_central_argv(
             rundir=tmp / "ovn",
@@ -92,6 +102,20 @@ def fixture_argvs(tmp: Path) -> dict[str, list[str]]:
 def option(argv: list[str], flag: str) -> str:
     """The value that follows ``flag`` in ``argv``."""
     return argv[argv.index(flag) + 1]
+
+
+def auth_mounts(service: dict[str, Any]) -> list[dict[str, Any]]:
+    """The service's mounts of the nats-auth volume (long syntax)."""
+    return [
+        v for v in service.get("volumes", []) if isinstance(v, dict) and v["source"] == "nats-auth"
+    ]
+
+
+def waits_for(name: str, dependency: str) -> bool:
+    """``name`` starts after ``dependency``, directly or through its own dependencies."""
+    return any(
+        d == dependency or waits_for(d, dependency) for d in SERVICES[name].get("depends_on", {})
+    )
 
 
 # -- the compose file as a whole ---------------------------------------------------------------
@@ -122,7 +146,7 @@ def test_named_volumes_are_declared() -> None:
     declared = set(COMPOSE.get("volumes") or {})
     for name, service in SERVICES.items():
         for volume in service.get("volumes", []):
-            source = volume.split(":", 1)[0]
+            source = volume["source"] if isinstance(volume, dict) else volume.split(":", 1)[0]
             if not source.startswith((".", "/", "~")):
                 assert source in declared, f"{name}: volume {source!r} is not declared"
 
@@ -134,17 +158,23 @@ def test_named_volumes_are_declared() -> None:
 def test_service_has_an_image_a_healthcheck_and_restarts(name: str) -> None:
     service = SERVICES[name]
     assert "image" in service or "build" in service
+    assert isinstance(service["command"], list), "exec form, so it can be compared as an argv"
+    if name in ONE_SHOT:  # runs once: a restart policy would run it forever
+        assert service["restart"] == "no" and "healthcheck" not in service
+        return
     test = service["healthcheck"]["test"]
     assert isinstance(test, list)
     assert test[0] in ("CMD", "CMD-SHELL")
     assert service["restart"] == "unless-stopped"
-    assert isinstance(service["command"], list), "exec form, so it can be compared as an argv"
 
 
 @pytest.mark.parametrize("name", ALL_SERVICES)
 def test_depends_on_waits_for_healthy_services(name: str) -> None:
     for dependency, condition in SERVICES[name].get("depends_on", {}).items():
         assert dependency in SERVICES, f"{name} depends on unknown service {dependency!r}"
+        if dependency in ONE_SHOT:
+            assert condition == {"condition": "service_completed_successfully"}
+            continue
         assert condition == {"condition": "service_healthy"}
         assert "healthcheck" in SERVICES[dependency]
 
@@ -210,8 +240,9 @@ def test_service_list_matches_requirement_dists() -> None:
 def test_nats_command_ports_store_and_health_agree() -> None:
     nats = SERVICES["nats"]
     assert nats["command"] == commands.nats_server_argv(
-        host="0.0.0.0", port=4222, monitor_port=8222, store_dir="/data"
-    )
+        host="0.0.0.0", port=4222, monitor_port=8222, store_dir="/data",
+        config=f"{NATS_CONFIG_DIR}/nats-server.conf",
+    )  # fmt: skip
     assert "nats-data:/data" in nats["volumes"]
     assert nats["healthcheck"]["test"] == [
         *("CMD", "wget", "-q", "-O", "/dev/null"),
@@ -319,3 +350,51 @@ def test_dockerfile_base_packages_user_and_command() -> None:
     assert users and users[-1] not in ("root", "0")
     assert ("CMD", '["vpcbus", "--help"]') in instructions
     assert all(keyword != "ENTRYPOINT" for keyword, _ in instructions)
+
+
+# -- NATS users (vpcbus.auth, vpcbus_proto.permissions) -----------------------------------------
+
+
+def test_nats_auth_writes_the_directory_that_nats_reads_its_config_from() -> None:
+    init = SERVICES["nats-auth"]
+    assert init["command"] == commands.nats_config_argv(directory=AUTH_DIR)
+    assert init["volumes"] == [f"nats-auth:{AUTH_DIR}"]
+    # The volume starts as a copy of the image's directory: it must exist, owned by the user.
+    assert any(
+        keyword == "RUN" and AUTH_DIR in args and "chown -R vpcbus:vpcbus /var/lib/vpcbus" in args
+        for keyword, args in dockerfile_instructions()
+    )
+    assert auth_mounts(SERVICES["nats"]) == [{
+        "type": "volume", "source": "nats-auth", "target": NATS_CONFIG_DIR, "read_only": True,
+        "volume": {"subpath": auth.SERVER_DIR},
+    }]  # fmt: skip
+    assert SERVICES["nats"]["depends_on"] == {
+        "nats-auth": {"condition": "service_completed_successfully"}
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "principal"),
+    [*((s, s) for s in commands.SERVICES), ("dashboard", "reader"), ("chassis", "cli")],
+)
+def test_each_container_logs_in_as_its_principal_with_only_its_own_password(
+    name: str, principal: str
+) -> None:
+    service = SERVICES[name]
+    env = service["environment"]
+    assert env["NATS_USER"] == principal
+    assert env["NATS_PASSWORD_FILE"] == f"{AUTH_DIR}/{auth.PASSWORD}"
+    assert "NATS_PASSWORD" not in env  # no secret in the file or the environment
+    assert auth_mounts(service) == [{
+        "type": "volume", "source": "nats-auth", "target": AUTH_DIR, "read_only": True,
+        "volume": {"subpath": principal},
+    }]  # fmt: skip
+    assert waits_for(name, "nats-auth")  # the subdirectory exists before it starts
+
+
+def test_no_container_but_nats_auth_sees_the_whole_user_directory() -> None:
+    for name, service in SERVICES.items():
+        for mount in auth_mounts(service):
+            assert mount["read_only"] is True and mount["volume"]["subpath"], name
+        plain = [v for v in service.get("volumes", []) if isinstance(v, str)]
+        assert name == "nats-auth" or not any(v.startswith("nats-auth:") for v in plain), name

@@ -63,6 +63,12 @@ def nats_server_argv(
     return argv
 
 
+def nats_config_argv(*, directory: StrPath, vpcbus: StrPath = VPCBUS) -> list[str]:
+    """``vpcbus nats-config``: write nats-server's users and permissions and their passwords
+    into ``directory`` (compose's ``nats-auth`` init container; ``vpcbus up`` does the same)."""
+    return [os.fspath(vpcbus), "nats-config", "--dir", os.fspath(directory)]
+
+
 def service_argv(service: str, python: StrPath = PYTHON) -> list[str]:
     """``python -m vpcbus_<service>`` for one of :data:`SERVICES`."""
     if service not in SERVICES:

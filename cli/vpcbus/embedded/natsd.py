@@ -38,9 +38,17 @@ class NatsServer:
     """One nats-server process; ``url`` is what clients and services connect to."""
 
     def __init__(
-        self, store_dir: Path, *, port: int = 0, monitor_port: int = 0, host: str = "127.0.0.1"
+        self,
+        store_dir: Path,
+        *,
+        port: int = 0,
+        monitor_port: int = 0,
+        host: str = "127.0.0.1",
+        config: Path | None = None,
     ) -> None:
+        """``config``: a nats-server config file (users, TLS: :mod:`vpcbus.auth`)."""
         self.store_dir = store_dir
+        self.config = config
         self.host = host
         self.port = port or free_port()
         self.monitor_port = monitor_port or free_port()
@@ -57,6 +65,7 @@ class NatsServer:
             monitor_port=self.monitor_port,
             store_dir=str(self.store_dir / "jetstream"),
             host=self.host,
+            config=self.config,
         )
         return [binary(), *argv[1:]]
 
