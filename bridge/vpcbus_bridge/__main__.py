@@ -17,7 +17,7 @@ from dataclasses import replace
 import structlog
 
 from vpcbus_bridge import bridging, state
-from vpcbus_runtime import bus, logs
+from vpcbus_runtime import bus, logs, natsauth
 from vpcbus_runtime.errors import PermanentError
 from vpcbus_runtime.kube import KubeClient
 from vpcbus_runtime.settings import Settings
@@ -42,7 +42,8 @@ async def serve(settings: Settings, kubeconfig: str | None, field_manager: str) 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, running.cancel)
-    log.info("bridge started", nats=settings.nats_url, field_manager=field_manager)
+    log.info("bridge started", nats=natsauth.redacted(settings.nats_url),
+             field_manager=field_manager)  # fmt: skip
     try:
         await running
     except asyncio.CancelledError:

@@ -51,8 +51,10 @@ from typing import Final, Literal
 from vpcbus_proto import channels, endpoints, subjects, zones
 from vpcbus_proto.subjects import ServiceName
 
-Principal = Literal["ipam", "vpc", "nat", "dns", "cli", "reader", "admin"]
-PRINCIPALS: Final[tuple[Principal, ...]] = (*subjects.SERVICES, "cli", "reader", "admin")
+Principal = Literal["ipam", "vpc", "nat", "dns", "cli", "reader", "bridge", "admin"]
+PRINCIPALS: Final[tuple[Principal, ...]] = (*subjects.SERVICES, "cli", "reader", "bridge", "admin")
+#: The Kubernetes bridge's KV bucket (``vpcbus_bridge.state.BUCKET``).
+BRIDGE_BUCKET: Final = "vpcbus-bridge"
 #: The principal with no limits.
 ADMIN: Final = "admin"
 
@@ -215,6 +217,14 @@ def reader_permissions() -> Permissions:
     return Permissions(_unique(publish), _unique([f"{inbox_prefix('reader')}.>", *subscribe]))
 
 
+def bridge_permissions() -> Permissions:
+    """The Kubernetes bridge: lifecycle events out, statuses in, its own bucket; no endpoint
+    (it asks no service anything) and no other bucket."""
+    publish, subscribe = _reads([])
+    publish = [*subjects.EVENT_SUBJECTS, *_declare_streams(), *publish, *_own_bucket(BRIDGE_BUCKET)]
+    return Permissions(_unique(publish), _unique([f"{inbox_prefix('bridge')}.>", *subscribe]))
+
+
 def permissions(principal: str) -> Permissions | None:
     """The permissions of ``principal``; None for :data:`ADMIN` (no limits)."""
     if principal in subjects.SERVICES:
@@ -223,6 +233,8 @@ def permissions(principal: str) -> Permissions | None:
         return cli_permissions()
     if principal == "reader":
         return reader_permissions()
+    if principal == "bridge":
+        return bridge_permissions()
     if principal == ADMIN:
         return None
     raise ValueError(f"unknown principal {principal!r}; expected one of {', '.join(PRINCIPALS)}")

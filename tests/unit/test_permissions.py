@@ -17,6 +17,7 @@ import pytest
 from nats.js import api
 
 from vpcbus import auth
+from vpcbus_bridge import state as bridge_state
 from vpcbus_dns.reconciler import DnsReconciler
 from vpcbus_ipam.reconciler import IpamReconciler
 from vpcbus_nat.reconciler import NatReconciler
@@ -132,6 +133,18 @@ def test_the_cli_publishes_every_lifecycle_event_and_no_status() -> None:
         assert not may_publish("cli", f"$KV.{subjects.kv_bucket(service)}.project.acme.prod")
         assert may_publish("cli", f"vpcbus.svc.{service}.doctor")
     assert may_publish("cli", "$JS.API.STREAM.CREATE.VPCBUS_EVENTS")
+
+
+def test_the_bridge_publishes_lifecycle_events_and_writes_only_its_own_bucket() -> None:
+    assert permissions.BRIDGE_BUCKET == bridge_state.BUCKET
+    for event in channels.EVENT_MODELS:
+        assert may_publish("bridge", event)
+    assert may_publish("bridge", f"$KV.{bridge_state.BUCKET}.rv.projects")
+    assert may_subscribe("bridge", "vpcbus.status.ipam.acme.prod")
+    for service in subjects.SERVICES:
+        assert not may_publish("bridge", subjects.status_subject(service, "acme", "prod"))
+        assert not may_publish("bridge", f"$KV.{subjects.kv_bucket(service)}.project.acme.prod")
+        assert not may_publish("bridge", f"vpcbus.svc.{service}.doctor")
 
 
 def test_permissions_of_an_unknown_principal_is_an_error() -> None:
