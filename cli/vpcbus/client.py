@@ -99,6 +99,15 @@ class Client:
         #: Subjects the server refused us to publish to (lower case, as nats-py reports them).
         self.refused: set[str] = set()
         self._refusal = asyncio.Event()
+        #: When the connection dropped (loop time); None while connected.
+        self._down_since: float | None = None
+
+    def lost(self, grace: float) -> bool:
+        """The connection is closed, or has been down for more than ``grace`` seconds."""
+        if self.nc.is_closed:
+            return True
+        down = self._down_since
+        return down is not None and asyncio.get_running_loop().time() - down > grace
 
     def _on_error(self, exc: Exception) -> None:
         if found := _REFUSED.search(str(exc)):
@@ -112,9 +121,19 @@ class Client:
 
     @classmethod
     async def connect(
-        cls, url: str, *, name: str = "vpcbus-cli", auth: natsauth.NatsAuth | None = None
+        cls,
+        url: str,
+        *,
+        name: str = "vpcbus-cli",
+        auth: natsauth.NatsAuth | None = None,
+        forever: bool = False,
     ) -> Client:
-        """Connect as ``auth``; by default as the ``NATS_*`` environment says (:mod:`natsauth`)."""
+        """Connect as ``auth``; by default as the ``NATS_*`` environment says (:mod:`natsauth`).
+
+        A command gives up after a few reconnect attempts (it reports the lost server);
+        ``forever``: a long-running one (``watch``, ``dashboard``) keeps reconnecting, so it
+        outlives a server restart as the services do, and asks :meth:`lost` how long the
+        server has been gone."""
 
         client: Client | None = None
 
@@ -124,15 +143,27 @@ class Client:
             if client is not None:
                 client._on_error(exc)
 
+        async def down() -> None:
+            if client is not None and client._down_since is None:
+                client._down_since = asyncio.get_running_loop().time()
+
+        async def back() -> None:
+            if client is not None:
+                client._down_since = None
+
         nc = await nats.connect(
             servers=[u.strip() for u in url.split(",")],
             name=name,
             **(auth or natsauth.from_env()).options(),
             error_cb=quiet,
+            disconnected_cb=down,
+            reconnected_cb=back,
             connect_timeout=2,
-            max_reconnect_attempts=3,
+            max_reconnect_attempts=3,  # -1 here would also retry the first connect forever
             reconnect_time_wait=0.5,
         )
+        if forever:  # read by nats-py on each reconnect, not only at connect
+            nc.options["max_reconnect_attempts"] = -1
         client = cls(nc)
         return client
 
@@ -141,6 +172,12 @@ class Client:
         await bus.ensure_streams(self.js)
 
     async def close(self) -> None:
+        """Drain; a connection that is down (reconnecting) cannot drain: just close it."""
+        if self.nc.is_closed:
+            return
+        if self.nc.is_reconnecting:
+            await self.nc.close()
+            return
         await self.nc.drain()
 
     # -- publishing ----------------------------------------------------------------------

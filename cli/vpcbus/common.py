@@ -22,6 +22,9 @@ from vpcbus_runtime import natsauth
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT, EXIT_UNREACHABLE = 0, 1, 2, 3, 4
 #: Ctrl-C (SIGINT), as shells report it.
 EXIT_INTERRUPTED = 130
+#: How long ``watch`` and ``dashboard`` wait for a lost NATS to come back before they exit
+#: with EXIT_UNREACHABLE (a server restart takes a few seconds).
+RECONNECT_GRACE = float(os.environ.get("VPCBUS_CLI_RECONNECT_SECONDS", "30"))
 
 
 class CliError(Exception):
@@ -56,14 +59,15 @@ def invalid(what: str, exc: ValidationError) -> CliError:
     return CliError(f"invalid {what}: {problems}")
 
 
-async def connect(home: Path, url: str | None = None) -> Client:
+async def connect(home: Path, url: str | None = None, *, forever: bool = False) -> Client:
     """A client of ``url``, by default the NATS that :func:`endpoints` names, logged in as
-    :func:`vpcbus.auth.client_login` says (the environment's user, else the stack's ``cli``)."""
+    :func:`vpcbus.auth.client_login` says (the environment's user, else the stack's ``cli``);
+    ``forever``: it reconnects without limit (long-running commands)."""
     url = url or endpoints(home)["nats"]
     state = stack.load_state(home)
     login = auth.client_login(home, url, state.nats_url if state else None)
     try:
-        client = await Client.connect(url, auth=login)
+        client = await Client.connect(url, auth=login, forever=forever)
     except Exception as exc:
         where = natsauth.redacted(url)
         raise CliError(f"cannot connect to NATS at {where}: {exc}", EXIT_UNREACHABLE) from exc

@@ -32,7 +32,14 @@ from nats.js import api
 
 from vpcbus import boards, webserving
 from vpcbus.client import Client
-from vpcbus.common import EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, CliError, connect
+from vpcbus.common import (
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    RECONNECT_GRACE,
+    CliError,
+    connect,
+)
 from vpcbus_proto import subjects
 
 #: Messages of the events and errors streams replayed at start (the board keeps fewer).
@@ -48,7 +55,7 @@ async def dashboard_cmd(args: argparse.Namespace) -> int:
         raise CliError(f"--port {args.port} is not a TCP port", EXIT_USAGE)
     if args.keepalive <= 0:
         raise CliError("--keepalive must be more than 0 seconds", EXIT_USAGE)
-    client = await connect(args.home)
+    client = await connect(args.home, forever=True)  # outlives a NATS restart
     try:
         return await _serve(client, args)
     finally:
@@ -96,7 +103,7 @@ async def _until_stopped(client: Client) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         while not stop.is_set():
-            if client.nc.is_closed:
+            if client.lost(RECONNECT_GRACE):
                 raise CliError("lost the connection to NATS", EXIT_UNREACHABLE)
             try:
                 await asyncio.wait_for(stop.wait(), 0.5)

@@ -37,6 +37,7 @@ from vpcbus.common import (
     EXIT_OK,
     EXIT_UNREACHABLE,
     EXIT_USAGE,
+    RECONNECT_GRACE,
     CliError,
     connect,
     endpoints,
@@ -136,7 +137,7 @@ async def watch_cmd(args: argparse.Namespace) -> int:
     for sig in _SIGNALS:  # from here on, Ctrl-C ends the watch with 0 (None: stop)
         loop.add_signal_handler(sig, seen.put_nowait, None)
     try:
-        client = await connect(args.home, url)
+        client = await connect(args.home, url, forever=True)  # outlives a NATS restart
         try:
             await client.tap(flt.subjects(), seen.put, replay=args.since_start)
             subscribed = " ".join(flt.subjects())
@@ -165,7 +166,7 @@ async def _print(
         try:
             msg = await asyncio.wait_for(seen.get(), wait)
         except TimeoutError:
-            if client.nc.is_closed:
+            if client.lost(RECONNECT_GRACE):
                 raise CliError(f"lost the connection to NATS at {url}", EXIT_UNREACHABLE) from None
             continue
         if msg is None:

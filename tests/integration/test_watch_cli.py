@@ -233,14 +233,52 @@ async def test_an_unreachable_or_lost_nats_exits_4(tmp_path: Path) -> None:
 
     server = NatsServer(tmp_path / "nats")
     server.start()
+    gone = Cli(server.url, tmp_path / "home")
+    gone.env["VPCBUS_CLI_RECONNECT_SECONDS"] = "2"  # how long it waits for the server to return
     try:
-        watcher = await Watcher.start(Cli(server.url, tmp_path / "home"), "--timeout", "30")
+        watcher = await Watcher.start(gone, "--timeout", "30")
     finally:
         server.stop()
     lost = await watcher.finish()
     assert (lost.code, lost.err) == (4, f"error: lost the connection to NATS at {server.url}\n"), (
         lost
     )
+
+
+async def test_the_watch_outlives_a_nats_restart(tmp_path: Path) -> None:
+    """A server restart (JetStream on disk) is a few seconds without NATS: the watch
+    reconnects, subscribes again and shows what is published afterwards."""
+    server = NatsServer(tmp_path / "nats")
+    server.start()
+    try:
+        watcher = await Watcher.start(Cli(server.url, tmp_path / "home"), "--count", "1",
+                                      "--timeout", "40")  # fmt: skip
+        await asyncio.to_thread(server.restart)
+        client = await Client.connect(server.url)
+        try:
+            await client.ensure_streams()
+
+            async def shown() -> bool:
+                await client.upsert(helpers.spec("wr-a", "again"))
+                return watcher.proc.returncode is not None or await _settled(watcher)
+
+            assert await helpers.eventually(shown, timeout=20, interval=1.0)
+        finally:
+            await client.close()
+        run = await watcher.finish()
+    finally:
+        server.stop()
+    assert run.code == 0, run
+    assert "wr-a/again  project.created" in run.out, run
+
+
+async def _settled(watcher: Watcher) -> bool:
+    """The watch has exited (its one line printed)."""
+    try:
+        await asyncio.wait_for(watcher.proc.wait(), 0.5)
+    except TimeoutError:
+        return False
+    return True
 
 
 async def test_project_create_wait_says_what_is_pending_on_stderr(client: Client, cli: Cli) -> None:
