@@ -6,7 +6,7 @@
 #   docker compose up --build
 #
 # Layers, from the least to the most often changed: Debian packages, the pinned third-party
-# Python packages (from requirements.txt without its -e lines), then our eight packages.
+# Python packages (from requirements.txt without its -e lines), then our nine packages.
 # Editing source code therefore reinstalls only the last layer.
 #
 # Only the paths needed are copied (no `COPY . .`), so .venv/, .git/ and caches stay out of
@@ -61,14 +61,15 @@ RUN grep -vE '^[[:space:]]*-e[[:space:]]' requirements.txt > /tmp/requirements-p
     && pip install --no-cache-dir -r /tmp/requirements-pinned.txt \
     && rm /tmp/requirements-pinned.txt
 
-# Our eight distributions, installed exactly as requirements.txt says (editable, from /src).
+# Our nine distributions, installed exactly as requirements.txt says (editable, from /src).
 COPY proto/ proto/
+COPY kubeovn/ kubeovn/
 COPY runtime/ runtime/
 COPY services/ services/
 COPY cli/ cli/
 COPY bridge/ bridge/
 RUN pip install --no-cache-dir -r requirements.txt \
-    && python -m compileall -q proto runtime services cli bridge
+    && python -m compileall -q proto kubeovn runtime services cli bridge
 
 USER vpcbus
 WORKDIR /var/lib/vpcbus

@@ -19,7 +19,19 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from vpcbus import addressing, auth, dashboard, doctor, stack, tables, tracing, vms, watching, zones
+from vpcbus import (
+    addressing,
+    auth,
+    dashboard,
+    doctor,
+    rendering,
+    stack,
+    tables,
+    tracing,
+    vms,
+    watching,
+    zones,
+)
 from vpcbus.client import NotAllowedError, RejectedError, WaitTimeoutError, deleted_at, ready_at
 from vpcbus.common import (
     EXIT_FAILED,
@@ -312,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard.add_parsers(sub)
     watching.add_parsers(sub)
     zones.add_parsers(sub)
+    rendering.add_parsers(sub)
     doctor.add_parsers(sub)
     auth.add_parsers(sub)
 

@@ -1,0 +1,112 @@
+"""A project's VPC as Kube-OVN objects (owner ``vpc``): ``Vpc`` ``N`` and ``Subnet``
+``N-default``, ``N`` being the backing namespace ``<org>-<project>``.
+
+The same network as the VPC service's OVN backend (:mod:`vpcbus_vpc.desired`): router ``N``
+with a LAN port at the project gateway, an external port on ``ext-<network>`` (Kube-OVN
+creates it, with its ``lrp`` OvnEip ``N-ext-<network>``, for each of
+``spec.extraExternalSubnets``) and the default route via the external network's gateway.
+Kube-OVN does not add that route itself ("automatic maintenance of public network routes is
+currently not supported"), so it is a static route, as Kube-DC declares it.
+
+Fields the Kube-OVN controller writes back (the Subnet's gateway, its ``excludeIps`` with
+the gateway added, ``protocol``, ``provider``; the route's ``policy``) are pre-filled with
+the values it would write, so re-applying this slice does not fight the controller.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+
+from vpcbus_kubeovn.meta import Manifest, kubeovn, labels
+from vpcbus_proto import names
+from vpcbus_proto.projects import ProjectSpec
+
+OWNER = "vpc"
+
+
+def vpc_name(spec: ProjectSpec) -> str:
+    """``N``: the Vpc (OVN router) is named after the backing namespace."""
+    return spec.namespace
+
+
+def subnet_name(spec: ProjectSpec) -> str:
+    """``N-default``: the project's workload subnet."""
+    return f"{spec.namespace}-default"
+
+
+def external_subnet(spec: ProjectSpec) -> str:
+    """``ext-<egressNetworkType>``: the Kube-OVN external subnet of the default gateway."""
+    return names.external_switch(spec.egress_network_type)
+
+
+def vpc(spec: ProjectSpec, *, gateway_ip: str | None = None) -> Manifest:
+    """``Vpc`` ``N`` for namespace ``N``, attached to the external subnet of its egress
+    network; with ``gateway_ip`` (that network's gateway) the default route through it.
+    Without it the VPC has no default route (the address is the platform's, not the
+    project's: the caller knows it from the external pool)."""
+    body: dict[str, object] = {
+        "namespaces": [spec.namespace],
+        "enableExternal": True,
+        "extraExternalSubnets": [external_subnet(spec)],
+    }
+    if gateway_ip is not None:
+        hop = _ipv4(gateway_ip, "gateway")
+        body["staticRoutes"] = [{"cidr": "0.0.0.0/0", "nextHopIP": hop, "policy": "policyDst"}]
+    return kubeovn("Vpc", vpc_name(spec), labels(spec.organization, spec.name, OWNER), body)
+
+
+def exclude_ranges(spec: ProjectSpec, exclude_ips: Sequence[str] = ()) -> list[str]:
+    """``excludeIps`` as Kube-OVN keeps them: the gateway plus the given addresses or
+    ``a..b`` ranges, each inside the CIDR, sorted by start address, duplicates dropped.
+    ``ValueError`` names the first bad item."""
+    net = spec.network
+    items: dict[str, tuple[int, int]] = {str(spec.gateway): (int(spec.gateway), 0)}
+    for raw in exclude_ips:
+        first, sep, last = raw.partition("..")
+        start = _ipv4_in(first, net, raw)
+        end = _ipv4_in(last, net, raw) if sep else start
+        if int(end) < int(start):
+            raise ValueError(f"exclude range {raw!r} ends before it starts")
+        text = f"{start}..{end}" if sep and end != start else str(start)
+        items.setdefault(text, (int(start), int(end)))
+    return sorted(items, key=lambda k: items[k])
+
+
+def subnet(spec: ProjectSpec, *, exclude_ips: Sequence[str] = ()) -> Manifest:
+    """``Subnet`` ``N-default`` in VPC ``N``: the project CIDR, its gateway, overlay
+    (provider ``ovn``), bound to namespace ``N``."""
+    body = {
+        "vpc": vpc_name(spec),
+        "cidrBlock": spec.cidr_block,
+        "gateway": str(spec.gateway),
+        "excludeIps": exclude_ranges(spec, exclude_ips),
+        "protocol": "IPv4",
+        "provider": "ovn",
+        "namespaces": [spec.namespace],
+    }
+    return kubeovn("Subnet", subnet_name(spec), labels(spec.organization, spec.name, OWNER), body)
+
+
+def manifests(
+    spec: ProjectSpec, *, gateway_ip: str | None = None, exclude_ips: Sequence[str] = ()
+) -> list[Manifest]:
+    """The VPC service's slice, in apply order."""
+    return [vpc(spec, gateway_ip=gateway_ip), subnet(spec, exclude_ips=exclude_ips)]
+
+
+def _ipv4(value: str, what: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(value))
+    except ValueError:
+        raise ValueError(f"{what} {value!r} is not an IPv4 address") from None
+
+
+def _ipv4_in(value: str, net: ipaddress.IPv4Network, raw: str) -> ipaddress.IPv4Address:
+    try:
+        ip = ipaddress.IPv4Address(value)
+    except ValueError:
+        raise ValueError(f"exclude {raw!r} is not an IPv4 address or range a..b") from None
+    if ip not in net:
+        raise ValueError(f"exclude {raw!r} is outside cidrBlock {net}")
+    return ip
