@@ -46,6 +46,8 @@ INTERNET_MAC = "02:65:00:00:00:01"
 #: projects' workloads name in resolv.conf (the DNS service's ``VPCBUS_DNS_UPSTREAM``).
 UPSTREAM_RESOLVERS = ("8.8.8.8", "1.1.1.1")
 MAX_BACKOFF = 30.0
+#: A service that ran this long before it died is restarted at once again (backoff reset).
+HEALTHY_AFTER = 60.0
 
 
 def chassis_prefix() -> str:
@@ -108,8 +110,10 @@ class _Service:
         self.proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
         self.next_start = 0.0
+        self.started = 0.0
 
-    def start(self) -> None:
+    def start(self, now: float = 0.0) -> None:
+        self.started = now
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 commands.service_argv(self.name, python=sys.executable),
@@ -119,10 +123,13 @@ class _Service:
             )
 
     def supervise(self, now: float) -> None:
-        """Restart a dead service, with exponential backoff between restarts."""
+        """Restart a dead service, with exponential backoff between restarts; a service that
+        ran for :data:`HEALTHY_AFTER` seconds starts over at the shortest delay."""
         if self.proc is not None and self.proc.poll() is None:
             return
         if self.proc is not None:
+            if now - self.started >= HEALTHY_AFTER:
+                self.restarts = 0
             self.restarts += 1
             delay = min(2.0 ** min(self.restarts - 1, 5), MAX_BACKOFF)
             self.next_start = now + delay
@@ -130,7 +137,7 @@ class _Service:
             self.proc = None
             print(f"service {self.name} exited ({code}); restarting in {delay:g}s", flush=True)
         if now >= self.next_start:
-            self.start()
+            self.start(now)
 
     def terminate(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -238,7 +245,7 @@ def run(home: Path, *, nats_port: int, with_chassis: bool) -> None:
             _Service(name, service_env(env, auth_dir, name), logdir) for name in commands.SERVICES
         ]
         for svc in services:
-            svc.start()
+            svc.start(time.monotonic())
         state = StackState(
             supervisor_pid=os.getpid(),
             home=str(home),
