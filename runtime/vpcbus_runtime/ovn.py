@@ -134,7 +134,13 @@ class NbSession:
                         self.nb_db, "OVN_Northbound", helper_tables=self.tables or None
                     )
                     conn = connection.Connection(idl=idl, timeout=self.timeout)
-                    self._api = impl_idl.OvnNbApiIdlImpl(conn)
+                    # ovsdbapp keeps the connection in a class attribute, set once: every
+                    # later instance would reuse the first session's (another NB, or a
+                    # stopped one). A class of its own per session keeps them apart.
+                    api_class = type(
+                        "NbApi", (impl_idl.OvnNbApiIdlImpl,), {"_ovsdb_connection": None}
+                    )
+                    self._api = api_class(conn)
                 except Exception as exc:
                     raise TemporaryError(
                         "BackendUnavailable", f"OVN NB {self.nb_db}: {exc}", delay=2.0

@@ -4,7 +4,7 @@ the transaction) agree with reading the column, so a port is attached once and o
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -74,3 +74,30 @@ async def test_membership_agrees_with_the_column_committed_or_pending(nb: NbSess
     assert await nb.transact(removed) is False
     names = await nb.read(lambda api: sorted(p.name for p in _switch(api).ports))
     assert names == ["mb-p1", "mb-p2"]
+
+
+async def test_two_sessions_to_two_databases_stay_apart(
+    ovn: OvnCentral, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """ovsdbapp keeps its connection in a class attribute; each NbSession has its own, so a
+    second session (another NB, or one opened after the first closed) sees its own rows."""
+    other = OvnCentral(tmp_path_factory.mktemp("other-ovn"))
+    other.start()
+    first, second = NbSession(ovn.nb_db), NbSession(other.nb_db)
+    try:
+
+        def add(name: str) -> Callable[[Any, Txn], None]:
+            return lambda api, txn: nbdb.insert(api, txn, "Logical_Switch", name=name) and None
+
+        await first.transact(add("in-first"))
+        await second.transact(add("in-second"))
+
+        def switches(api: Any) -> set[str]:
+            return {ls.name for ls in nbdb.rows(api, "Logical_Switch")}
+
+        assert "in-second" not in await first.read(switches)
+        assert await second.read(switches) == {"in-second"}
+    finally:
+        first.close()
+        second.close()
+        other.stop()
