@@ -176,6 +176,10 @@ class Client:
         if self.nc.is_closed:
             return
         if self.nc.is_reconnecting:
+            # End the reconnect loop by its own rule too: a cancel that races with a connect
+            # time-out can be swallowed (asyncio.wait_for, Python 3.11), and with no limit
+            # the loop would then keep the process alive.
+            self.nc.options["max_reconnect_attempts"] = 1
             await self.nc.close()
             return
         await self.nc.drain()
