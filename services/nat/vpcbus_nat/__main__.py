@@ -2,20 +2,42 @@
 
 from __future__ import annotations
 
+import os
+
 from nats.js import JetStreamContext
 
 from vpcbus_nat import ovn
+from vpcbus_nat.kube import KubeNatReconciler
 from vpcbus_nat.reconciler import NatReconciler
 from vpcbus_runtime import service
+from vpcbus_runtime.errors import PermanentError
+from vpcbus_runtime.kube import KubeClient
 from vpcbus_runtime.ovn import NbSession
 from vpcbus_runtime.settings import Settings
 
+BACKENDS = ("ovn", "kube-ovn")
 
-async def build(settings: Settings, _js: JetStreamContext) -> NatReconciler:
+
+def backend_from_env() -> str:
+    """``VPCBUS_BACKEND``: ``ovn`` (OVN NB, the default) or ``kube-ovn`` (custom resources
+    through ``KUBECONFIG`` or the in-cluster account); a bad value stops the service."""
+    backend = os.environ.get("VPCBUS_BACKEND", "ovn").strip().lower() or "ovn"
+    if backend not in BACKENDS:
+        raise SystemExit(f"VPCBUS_BACKEND={backend!r}: want one of {', '.join(BACKENDS)}")
+    return backend
+
+
+async def build(settings: Settings, _js: JetStreamContext) -> NatReconciler | KubeNatReconciler:
+    if backend_from_env() == "kube-ovn":
+        try:
+            return KubeNatReconciler(KubeClient.from_config())
+        except PermanentError as exc:
+            raise SystemExit(f"VPCBUS_BACKEND=kube-ovn: {exc}") from None
     return NatReconciler(NbSession(settings.ovn_nb_db, tables=ovn.TABLES))
 
 
 def main() -> None:
+    backend_from_env()  # a bad value stops the service before it connects to anything
     service.main("nat", build)
 
 

@@ -8,13 +8,17 @@ import os
 from nats.js import JetStreamContext
 
 from vpcbus_runtime import service
+from vpcbus_runtime.errors import PermanentError
+from vpcbus_runtime.kube import KubeClient
 from vpcbus_runtime.ovn import NbSession
 from vpcbus_runtime.settings import Settings
 from vpcbus_vpc import ovn
 from vpcbus_vpc.desired import Isolation
+from vpcbus_vpc.kube import KubeVpcReconciler
 from vpcbus_vpc.reconciler import VpcReconciler
 
 DEFAULT_CHASSIS = "vpcbus-chassis-1"
+BACKENDS = ("ovn", "kube-ovn")
 
 
 def isolation_from_env() -> Isolation:
@@ -33,7 +37,21 @@ def isolation_from_env() -> Isolation:
     return Isolation(enabled in ("true", "1", "yes"), tuple(allow))
 
 
-async def build(settings: Settings, _js: JetStreamContext) -> VpcReconciler:
+def backend_from_env() -> str:
+    """``VPCBUS_BACKEND``: ``ovn`` (OVN NB, the default) or ``kube-ovn`` (custom resources
+    through ``KUBECONFIG`` or the in-cluster account); a bad value stops the service."""
+    backend = os.environ.get("VPCBUS_BACKEND", "ovn").strip().lower() or "ovn"
+    if backend not in BACKENDS:
+        raise SystemExit(f"VPCBUS_BACKEND={backend!r}: want one of {', '.join(BACKENDS)}")
+    return backend
+
+
+async def build(settings: Settings, _js: JetStreamContext) -> VpcReconciler | KubeVpcReconciler:
+    if backend_from_env() == "kube-ovn":
+        try:
+            return KubeVpcReconciler(KubeClient.from_config())
+        except PermanentError as exc:
+            raise SystemExit(f"VPCBUS_BACKEND=kube-ovn: {exc}") from None
     chassis = os.environ.get("VPCBUS_GATEWAY_CHASSIS", DEFAULT_CHASSIS)
     return VpcReconciler(
         NbSession(settings.ovn_nb_db, tables=ovn.TABLES),
@@ -43,6 +61,7 @@ async def build(settings: Settings, _js: JetStreamContext) -> VpcReconciler:
 
 
 def main() -> None:
+    backend_from_env()  # a bad value stops the service before it connects to anything
     service.main("vpc", build)
 
 

@@ -1,0 +1,180 @@
+"""The NAT service's Kube-OVN backend: the project's default gateway ``OvnEip`` (pinned to
+the address IPAM allocated) and its ``OvnSnatRule``, server-side applied with our own field
+manager (``VPCBUS_BACKEND=kube-ovn``).
+
+The same contract as the OVN backend (:class:`vpcbus_nat.reconciler.NatReconciler`): build
+once IPAM and VPC report Ready at the record's generation. Kube-OVN realises the objects
+asynchronously, so the result is ``Ready`` only when each object's ``status.ready`` is true
+(kube-ovn.md section 1.2), else ``Pending`` with a requeue. Objects are found by their
+ownership labels; teardown deletes them in :data:`vpcbus_kubeovn.DELETION_ORDER` (the rule
+before the OvnEip it holds) and waits for each kind to be gone before the next.
+
+Not yet realised here: FIPs (``OvnFip``) and LoadBalancer services (``OvnDnatRule``). A
+project that has ready ones is reported as an ``Error`` (``NotSupportedByBackend``) rather
+than Ready, so nobody waits for NAT that will not happen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+
+from vpcbus_kubeovn import meta
+from vpcbus_kubeovn import nat as manifests
+from vpcbus_nat.reconciler import GATEWAY_EIP
+from vpcbus_proto.doctor import Finding, Kind
+from vpcbus_proto.subjects import ServiceName
+from vpcbus_runtime.kube import KubeClient, Object
+from vpcbus_runtime.reconciling import Context, Result
+
+SERVICE = "nat"
+FIELD_MANAGER = "vpcbus-nat"
+#: The kinds of this service's slice, in deletion order (listed and pruned even when the
+#: desired state has none of a kind).
+KINDS: tuple[str, ...] = tuple(
+    k for k in meta.DELETION_ORDER if k in ("OvnFip", "OvnDnatRule", "OvnSnatRule", "OvnEip")
+)
+#: How soon a project waiting for Kube-OVN (readiness, a finalizer) is looked at again.
+REQUEUE_SECONDS = 2.0
+
+log = structlog.get_logger()
+
+
+def selector(key: str | None = None) -> str:
+    """The label selector of this service's objects (of one project, with ``key``)."""
+    terms = [f"{meta.MANAGED_BY}=vpcbus", f"{meta.OWNER}={manifests.OWNER}"]
+    if key is not None:
+        terms.append(f"{meta.PROJECT}={key}")
+    return ",".join(terms)
+
+
+def not_ready(obj: Object) -> str | None:
+    """Why an Ovn* NAT object is not ready yet (``status.ready``); None when it is."""
+    status: dict[str, Any] = obj.get("status") or {}
+    if status.get("ready") is True:
+        return None
+    return f"{obj['kind']} {obj['metadata']['name']}: status.ready is not true"
+
+
+class KubeNatReconciler:
+    watches: Sequence[ServiceName] = ("ipam", "vpc")
+    purge_after: Sequence[ServiceName] = ("vpc",)
+
+    def __init__(self, kube: KubeClient, *, requeue_after: float = REQUEUE_SECONDS) -> None:
+        self.kube = kube
+        self.requeue_after = requeue_after
+
+    def close(self) -> None:
+        """Nothing to do synchronously: the client's pool closes with the process."""
+
+    async def _listed(self, kind: str, key: str | None = None) -> list[Object]:
+        items, _ = await self.kube.list(meta.KUBEOVN, kind, label_selector=selector(key))
+        return items
+
+    async def owned_keys(self) -> Sequence[str]:
+        keys: set[str] = set()
+        for kind in KINDS:
+            for obj in await self._listed(kind):
+                key = (obj["metadata"].get("labels") or {}).get(meta.PROJECT)
+                if key:
+                    keys.add(key)
+        return sorted(keys)
+
+    async def reconcile(self, ctx: Context) -> Result:
+        record = ctx.record
+        if record is None or record.spec is None:
+            return await self._teardown(ctx.key)
+        ipam = await ctx.peers.status("ipam", ctx.organization, ctx.project)
+        vpc = await ctx.peers.status("vpc", ctx.organization, ctx.project)
+        for peer, status in (("Ipam", ipam), ("Vpc", vpc)):
+            if status is None or status.generation != record.generation or status.state != "Ready":
+                detail = f"{status.state} {status.reason}" if status else "no status yet"
+                return Result("Pending", f"WaitingFor{peer}", f"{peer.lower()}: {detail}")
+        assert ipam is not None
+        gw = ipam.addresses.eip(GATEWAY_EIP) if ipam.addresses else None
+        if gw is None:
+            return Result("Pending", "WaitingForIpam", "ipam reports no default-gw EIP")
+        spec = record.spec
+        name = manifests.gateway_eip_name(spec.namespace, spec.egress_network_type)
+        want = manifests.manifests(spec, addresses={name: gw.ip_address})
+        stored = [await self.kube.apply(m, field_manager=FIELD_MANAGER) for m in want]
+        await self._prune(ctx.key, {(m["kind"], m["metadata"]["name"]) for m in want})
+        objects = [f"{m['kind']}/{m['metadata']['name']}" for m in want]
+        assert ipam.addresses is not None
+        unsupported = [f"FIP {f.name}" for f in ipam.addresses.fips if f.ready]
+        unsupported += [f"LoadBalancer {s.name}" for s in ipam.addresses.services if s.ready]
+        if unsupported:
+            return Result(
+                "Error", "NotSupportedByBackend",
+                f"the kube-ovn backend does not realise {', '.join(unsupported)} yet",
+                objects=objects,
+            )  # fmt: skip
+        waiting = [why for obj in stored if (why := not_ready(obj)) is not None]
+        if waiting:
+            return Result(
+                "Pending", "WaitingForKubeOvn", "; ".join(waiting),
+                requeue_after=self.requeue_after, objects=objects,
+            )  # fmt: skip
+        message = f"SNAT {spec.cidr_block} -> {gw.ip_address}"
+        return Result("Ready", "Reconciled", message, objects=objects)
+
+    async def _prune(self, key: str, keep: set[tuple[str, str]]) -> None:
+        """Delete this project's objects of ours that the desired state no longer has."""
+        for kind in KINDS:
+            for obj in await self._listed(kind, key):
+                name = obj["metadata"]["name"]
+                if (kind, name) not in keep:
+                    await self.kube.delete(meta.KUBEOVN, kind, name)
+                    log.info("pruned", kind=kind, name=name, project=key)
+
+    async def _teardown(self, key: str) -> Result:
+        """Delete kind by kind in deletion order; a kind still present after its delete (a
+        finalizer) is waited for, so an OvnEip never goes before the rule that holds it."""
+        for kind in KINDS:
+            for obj in await self._listed(kind, key):
+                await self.kube.delete(meta.KUBEOVN, kind, obj["metadata"]["name"])
+            left = await self._listed(kind, key)
+            if left:
+                names = ", ".join(o["metadata"]["name"] for o in left)
+                return Result(
+                    "Pending", "WaitingForDeletion", f"{kind} {names} still terminating",
+                    requeue_after=self.requeue_after,
+                )  # fmt: skip
+        log.info("nat torn down", project=key)
+        return Result("Deleted", "TornDown")
+
+    # -- doctor: read-only, instead of a dry-run reconcile (which would write) ------------
+
+    def will_repair(self, key: str) -> None:
+        """No memo to drop: every reconcile applies the whole slice."""
+
+    async def audit(self, ctx: Context) -> Sequence[Finding]:
+        """This project's objects against its desired slice; writes nothing."""
+
+        def finding(kind: Kind, obj: str, detail: str = "") -> Finding:
+            return Finding(service=SERVICE, project=ctx.key, kind=kind, object=obj, detail=detail)
+
+        have: dict[tuple[str, str], Object] = {}
+        for k in KINDS:
+            have.update({(k, o["metadata"]["name"]): o for o in await self._listed(k, ctx.key)})
+        record = ctx.record
+        if record is None or record.spec is None:
+            return [finding("orphan", f"{k}/{n}") for k, n in have]
+        ipam = await ctx.peers.status("ipam", ctx.organization, ctx.project)
+        gw = ipam.addresses.eip(GATEWAY_EIP) if ipam and ipam.addresses else None
+        if gw is None:
+            return [finding("blocked", f"project/{ctx.key}", "no gateway EIP from ipam")]
+        spec = record.spec
+        name = manifests.gateway_eip_name(spec.namespace, spec.egress_network_type)
+        out = []
+        for m in manifests.manifests(spec, addresses={name: gw.ip_address}):
+            ident = (m["kind"], m["metadata"]["name"])
+            found = have.pop(ident, None)
+            if found is None:
+                out.append(finding("missing", "/".join(ident)))
+            elif found.get("spec") != m["spec"]:
+                out.append(finding("drifted", "/".join(ident), "spec differs"))
+        out += [finding("extra", f"{k}/{n}") for k, n in have]
+        return out
