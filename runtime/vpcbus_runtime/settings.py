@@ -51,3 +51,16 @@ class Settings:
             "VPCBUS_INSTANCE", f"{socket.gethostname()}-{os.getpid()}"
         )
     )
+
+
+#: The backends a network service can write to (``VPCBUS_BACKEND``).
+BACKENDS = ("ovn", "kube-ovn")
+
+
+def backend_from_env() -> str:
+    """``VPCBUS_BACKEND``: ``ovn`` (OVN NB, the default) or ``kube-ovn`` (custom resources
+    through ``KUBECONFIG`` or the in-cluster account); a bad value stops the service."""
+    backend = os.environ.get("VPCBUS_BACKEND", "ovn").strip().lower() or "ovn"
+    if backend not in BACKENDS:
+        raise SystemExit(f"VPCBUS_BACKEND={backend!r}: want one of {', '.join(BACKENDS)}")
+    return backend

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from nats.js import JetStreamContext
 
 from vpcbus_nat import ovn
@@ -13,18 +11,7 @@ from vpcbus_runtime import service
 from vpcbus_runtime.errors import PermanentError
 from vpcbus_runtime.kube import KubeClient
 from vpcbus_runtime.ovn import NbSession
-from vpcbus_runtime.settings import Settings
-
-BACKENDS = ("ovn", "kube-ovn")
-
-
-def backend_from_env() -> str:
-    """``VPCBUS_BACKEND``: ``ovn`` (OVN NB, the default) or ``kube-ovn`` (custom resources
-    through ``KUBECONFIG`` or the in-cluster account); a bad value stops the service."""
-    backend = os.environ.get("VPCBUS_BACKEND", "ovn").strip().lower() or "ovn"
-    if backend not in BACKENDS:
-        raise SystemExit(f"VPCBUS_BACKEND={backend!r}: want one of {', '.join(BACKENDS)}")
-    return backend
+from vpcbus_runtime.settings import Settings, backend_from_env
 
 
 async def build(settings: Settings, _js: JetStreamContext) -> NatReconciler | KubeNatReconciler:

@@ -24,9 +24,10 @@ import structlog
 from vpcbus_kubeovn import meta
 from vpcbus_kubeovn import nat as manifests
 from vpcbus_nat.reconciler import GATEWAY_EIP
-from vpcbus_proto.doctor import Finding, Kind
+from vpcbus_proto.doctor import Finding
 from vpcbus_proto.subjects import ServiceName
 from vpcbus_runtime.kube import KubeClient, Object
+from vpcbus_runtime.kubeslice import Slice
 from vpcbus_runtime.reconciling import Context, Result
 
 SERVICE = "nat"
@@ -40,14 +41,6 @@ KINDS: tuple[str, ...] = tuple(
 REQUEUE_SECONDS = 2.0
 
 log = structlog.get_logger()
-
-
-def selector(key: str | None = None) -> str:
-    """The label selector of this service's objects (of one project, with ``key``)."""
-    terms = [f"{meta.MANAGED_BY}=vpcbus", f"{meta.OWNER}={manifests.OWNER}"]
-    if key is not None:
-        terms.append(f"{meta.PROJECT}={key}")
-    return ",".join(terms)
 
 
 def not_ready(obj: Object) -> str | None:
@@ -65,27 +58,22 @@ class KubeNatReconciler:
     def __init__(self, kube: KubeClient, *, requeue_after: float = REQUEUE_SECONDS) -> None:
         self.kube = kube
         self.requeue_after = requeue_after
+        self.slice = Slice(
+            kube, SERVICE, meta.KUBEOVN, KINDS,
+            labels={meta.MANAGED_BY: "vpcbus", meta.OWNER: manifests.OWNER},
+            project_label=meta.PROJECT, field_manager=FIELD_MANAGER, requeue_after=requeue_after,
+        )  # fmt: skip
 
     def close(self) -> None:
         """Nothing to do synchronously: the client's pool closes with the process."""
 
-    async def _listed(self, kind: str, key: str | None = None) -> list[Object]:
-        items, _ = await self.kube.list(meta.KUBEOVN, kind, label_selector=selector(key))
-        return items
-
     async def owned_keys(self) -> Sequence[str]:
-        keys: set[str] = set()
-        for kind in KINDS:
-            for obj in await self._listed(kind):
-                key = (obj["metadata"].get("labels") or {}).get(meta.PROJECT)
-                if key:
-                    keys.add(key)
-        return sorted(keys)
+        return await self.slice.owned_keys()
 
     async def reconcile(self, ctx: Context) -> Result:
         record = ctx.record
         if record is None or record.spec is None:
-            return await self._teardown(ctx.key)
+            return await self.slice.teardown(ctx.key)
         ipam = await ctx.peers.status("ipam", ctx.organization, ctx.project)
         vpc = await ctx.peers.status("vpc", ctx.organization, ctx.project)
         for peer, status in (("Ipam", ipam), ("Vpc", vpc)):
@@ -99,8 +87,7 @@ class KubeNatReconciler:
         spec = record.spec
         name = manifests.gateway_eip_name(spec.namespace, spec.egress_network_type)
         want = manifests.manifests(spec, addresses={name: gw.ip_address})
-        stored = [await self.kube.apply(m, field_manager=FIELD_MANAGER) for m in want]
-        await self._prune(ctx.key, {(m["kind"], m["metadata"]["name"]) for m in want})
+        stored = await self.slice.apply(ctx.key, want)
         objects = [f"{m['kind']}/{m['metadata']['name']}" for m in want]
         assert ipam.addresses is not None
         unsupported = [f"FIP {f.name}" for f in ipam.addresses.fips if f.ready]
@@ -120,31 +107,6 @@ class KubeNatReconciler:
         message = f"SNAT {spec.cidr_block} -> {gw.ip_address}"
         return Result("Ready", "Reconciled", message, objects=objects)
 
-    async def _prune(self, key: str, keep: set[tuple[str, str]]) -> None:
-        """Delete this project's objects of ours that the desired state no longer has."""
-        for kind in KINDS:
-            for obj in await self._listed(kind, key):
-                name = obj["metadata"]["name"]
-                if (kind, name) not in keep:
-                    await self.kube.delete(meta.KUBEOVN, kind, name)
-                    log.info("pruned", kind=kind, name=name, project=key)
-
-    async def _teardown(self, key: str) -> Result:
-        """Delete kind by kind in deletion order; a kind still present after its delete (a
-        finalizer) is waited for, so an OvnEip never goes before the rule that holds it."""
-        for kind in KINDS:
-            for obj in await self._listed(kind, key):
-                await self.kube.delete(meta.KUBEOVN, kind, obj["metadata"]["name"])
-            left = await self._listed(kind, key)
-            if left:
-                names = ", ".join(o["metadata"]["name"] for o in left)
-                return Result(
-                    "Pending", "WaitingForDeletion", f"{kind} {names} still terminating",
-                    requeue_after=self.requeue_after,
-                )  # fmt: skip
-        log.info("nat torn down", project=key)
-        return Result("Deleted", "TornDown")
-
     # -- doctor: read-only, instead of a dry-run reconcile (which would write) ------------
 
     def will_repair(self, key: str) -> None:
@@ -153,28 +115,22 @@ class KubeNatReconciler:
     async def audit(self, ctx: Context) -> Sequence[Finding]:
         """This project's objects against its desired slice; writes nothing."""
 
-        def finding(kind: Kind, obj: str, detail: str = "") -> Finding:
-            return Finding(service=SERVICE, project=ctx.key, kind=kind, object=obj, detail=detail)
-
-        have: dict[tuple[str, str], Object] = {}
-        for k in KINDS:
-            have.update({(k, o["metadata"]["name"]): o for o in await self._listed(k, ctx.key)})
         record = ctx.record
         if record is None or record.spec is None:
-            return [finding("orphan", f"{k}/{n}") for k, n in have]
+            return await self.slice.audit(ctx.key, None)
         ipam = await ctx.peers.status("ipam", ctx.organization, ctx.project)
         gw = ipam.addresses.eip(GATEWAY_EIP) if ipam and ipam.addresses else None
         if gw is None:
-            return [finding("blocked", f"project/{ctx.key}", "no gateway EIP from ipam")]
+            blocked = Finding(
+                service=SERVICE,
+                project=ctx.key,
+                kind="blocked",
+                object=f"project/{ctx.key}",
+                detail="no gateway EIP from ipam",
+            )
+            return [blocked]
         spec = record.spec
         name = manifests.gateway_eip_name(spec.namespace, spec.egress_network_type)
-        out = []
-        for m in manifests.manifests(spec, addresses={name: gw.ip_address}):
-            ident = (m["kind"], m["metadata"]["name"])
-            found = have.pop(ident, None)
-            if found is None:
-                out.append(finding("missing", "/".join(ident)))
-            elif found.get("spec") != m["spec"]:
-                out.append(finding("drifted", "/".join(ident), "spec differs"))
-        out += [finding("extra", f"{k}/{n}") for k, n in have]
-        return out
+        return await self.slice.audit(
+            ctx.key, manifests.manifests(spec, addresses={name: gw.ip_address})
+        )

@@ -11,14 +11,13 @@ from vpcbus_runtime import service
 from vpcbus_runtime.errors import PermanentError
 from vpcbus_runtime.kube import KubeClient
 from vpcbus_runtime.ovn import NbSession
-from vpcbus_runtime.settings import Settings
+from vpcbus_runtime.settings import Settings, backend_from_env
 from vpcbus_vpc import ovn
 from vpcbus_vpc.desired import Isolation
 from vpcbus_vpc.kube import KubeVpcReconciler
 from vpcbus_vpc.reconciler import VpcReconciler
 
 DEFAULT_CHASSIS = "vpcbus-chassis-1"
-BACKENDS = ("ovn", "kube-ovn")
 
 
 def isolation_from_env() -> Isolation:
@@ -35,15 +34,6 @@ def isolation_from_env() -> Isolation:
             except ValueError as exc:
                 raise SystemExit(f"VPCBUS_EGRESS_ALLOW: {item.strip()!r}: {exc}") from None
     return Isolation(enabled in ("true", "1", "yes"), tuple(allow))
-
-
-def backend_from_env() -> str:
-    """``VPCBUS_BACKEND``: ``ovn`` (OVN NB, the default) or ``kube-ovn`` (custom resources
-    through ``KUBECONFIG`` or the in-cluster account); a bad value stops the service."""
-    backend = os.environ.get("VPCBUS_BACKEND", "ovn").strip().lower() or "ovn"
-    if backend not in BACKENDS:
-        raise SystemExit(f"VPCBUS_BACKEND={backend!r}: want one of {', '.join(BACKENDS)}")
-    return backend
 
 
 async def build(settings: Settings, _js: JetStreamContext) -> VpcReconciler | KubeVpcReconciler:

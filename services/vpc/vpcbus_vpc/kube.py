@@ -22,10 +22,11 @@ import structlog
 
 from vpcbus_kubeovn import meta
 from vpcbus_kubeovn import vpc as manifests
-from vpcbus_proto.doctor import Finding, Kind
+from vpcbus_proto.doctor import Finding
 from vpcbus_proto.status import ServiceStatus
 from vpcbus_proto.subjects import ServiceName
 from vpcbus_runtime.kube import KubeClient, Object
+from vpcbus_runtime.kubeslice import Slice
 from vpcbus_runtime.reconciling import Context, Result
 from vpcbus_vpc.reconciler import GATEWAY_EIP
 
@@ -37,14 +38,6 @@ KINDS: tuple[str, ...] = tuple(k for k in meta.DELETION_ORDER if k in ("Vpc", "S
 REQUEUE_SECONDS = 2.0
 
 log = structlog.get_logger()
-
-
-def selector(key: str | None = None) -> str:
-    """The label selector of this service's objects (of one project, with ``key``)."""
-    terms = [f"{meta.MANAGED_BY}=vpcbus", f"{meta.OWNER}={manifests.OWNER}"]
-    if key is not None:
-        terms.append(f"{meta.PROJECT}={key}")
-    return ",".join(terms)
 
 
 def not_ready(obj: Object) -> str | None:
@@ -70,6 +63,11 @@ class KubeVpcReconciler:
     def __init__(self, kube: KubeClient, *, requeue_after: float = REQUEUE_SECONDS) -> None:
         self.kube = kube
         self.requeue_after = requeue_after
+        self.slice = Slice(
+            kube, SERVICE, meta.KUBEOVN, KINDS,
+            labels={meta.MANAGED_BY: "vpcbus", meta.OWNER: manifests.OWNER},
+            project_label=meta.PROJECT, field_manager=FIELD_MANAGER, requeue_after=requeue_after,
+        )  # fmt: skip
 
     def close(self) -> None:
         """Nothing to do synchronously: the client's pool closes with the process."""
@@ -78,18 +76,8 @@ class KubeVpcReconciler:
         """As the OVN backend: IPAM feeds the build, NAT and DNS matter only once Deleted."""
         return status.service == "ipam" or status.state == "Deleted"
 
-    async def _listed(self, kind: str, key: str | None = None) -> list[Object]:
-        items, _ = await self.kube.list(meta.KUBEOVN, kind, label_selector=selector(key))
-        return items
-
     async def owned_keys(self) -> Sequence[str]:
-        keys: set[str] = set()
-        for kind in KINDS:
-            for obj in await self._listed(kind):
-                key = (obj["metadata"].get("labels") or {}).get(meta.PROJECT)
-                if key:
-                    keys.add(key)
-        return sorted(keys)
+        return await self.slice.owned_keys()
 
     async def reconcile(self, ctx: Context) -> Result:
         record = ctx.record
@@ -107,7 +95,7 @@ class KubeVpcReconciler:
                             f"the Vpc is removed after {peer} releases it",
                             requeue_after=self.requeue_after,
                         )
-            return await self._teardown(ctx.key)
+            return await self.slice.teardown(ctx.key)
         ipam = await ctx.peers.status("ipam", ctx.organization, ctx.project)
         if (
             ipam is None
@@ -121,8 +109,7 @@ class KubeVpcReconciler:
         gw = ipam.addresses.eip(GATEWAY_EIP)
         assert gw is not None
         want = manifests.manifests(record.spec, gateway_ip=gw.gateway)
-        stored = [await self.kube.apply(m, field_manager=FIELD_MANAGER) for m in want]
-        await self._prune(ctx.key, {(m["kind"], m["metadata"]["name"]) for m in want})
+        stored = await self.slice.apply(ctx.key, want)
         objects = [f"{m['kind']}/{m['metadata']['name']}" for m in want]
         waiting = [why for obj in stored if (why := not_ready(obj)) is not None]
         if waiting:
@@ -133,31 +120,6 @@ class KubeVpcReconciler:
         message = f"Vpc {manifests.vpc_name(record.spec)} standby, subnet ready"
         return Result("Ready", "Reconciled", message, objects=objects)
 
-    async def _prune(self, key: str, keep: set[tuple[str, str]]) -> None:
-        """Delete this project's objects of ours that the desired state no longer has."""
-        for kind in KINDS:
-            for obj in await self._listed(kind, key):
-                name = obj["metadata"]["name"]
-                if (kind, name) not in keep:
-                    await self.kube.delete(meta.KUBEOVN, kind, name)
-                    log.info("pruned", kind=kind, name=name, project=key)
-
-    async def _teardown(self, key: str) -> Result:
-        """Delete kind by kind in deletion order; a kind still present after its delete
-        (a finalizer: the Vpc waits for its subnets to go) is waited for, not stepped over."""
-        for kind in KINDS:
-            for obj in await self._listed(kind, key):
-                await self.kube.delete(meta.KUBEOVN, kind, obj["metadata"]["name"])
-            left = await self._listed(kind, key)
-            if left:
-                names = ", ".join(o["metadata"]["name"] for o in left)
-                return Result(
-                    "Pending", "WaitingForDeletion", f"{kind} {names} still terminating",
-                    requeue_after=self.requeue_after,
-                )  # fmt: skip
-        log.info("vpc torn down", project=key)
-        return Result("Deleted", "TornDown")
-
     # -- doctor: read-only, as the dry run of the OVN backend -----------------------------
 
     def will_repair(self, key: str) -> None:
@@ -166,27 +128,19 @@ class KubeVpcReconciler:
     async def audit(self, ctx: Context) -> Sequence[Finding]:
         """This project's objects against its desired slice; writes nothing."""
 
-        def finding(kind: Kind, obj: str, detail: str = "") -> Finding:
-            return Finding(service=SERVICE, project=ctx.key, kind=kind, object=obj, detail=detail)
-
-        have: dict[tuple[str, str], Object] = {}
-        for k in KINDS:
-            have.update({(k, o["metadata"]["name"]): o for o in await self._listed(k, ctx.key)})
         record = ctx.record
         if record is None or record.spec is None:
-            return [finding("orphan", f"{k}/{n}") for k, n in have]
+            return await self.slice.audit(ctx.key, None)
         ipam = await ctx.peers.status("ipam", ctx.organization, ctx.project)
         gw = ipam.addresses.eip(GATEWAY_EIP) if ipam and ipam.addresses else None
         if gw is None:
-            return [finding("blocked", f"project/{ctx.key}", "no gateway EIP from ipam")]
-        out = []
+            blocked = Finding(
+                service=SERVICE,
+                project=ctx.key,
+                kind="blocked",
+                object=f"project/{ctx.key}",
+                detail="no gateway EIP from ipam",
+            )
+            return [blocked]
         want = manifests.manifests(record.spec, gateway_ip=gw.gateway)
-        for m in want:
-            ident = (m["kind"], m["metadata"]["name"])
-            found = have.pop(ident, None)
-            if found is None:
-                out.append(finding("missing", "/".join(ident)))
-            elif found.get("spec") != m["spec"]:
-                out.append(finding("drifted", "/".join(ident), "spec differs"))
-        out += [finding("extra", f"{k}/{n}") for k, n in have]
-        return out
+        return await self.slice.audit(ctx.key, want)

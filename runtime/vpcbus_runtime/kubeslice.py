@@ -1,0 +1,110 @@
+"""One service's slice of a project as Kubernetes objects, for the Kube-OVN backends.
+
+A service's objects carry labels that say who manages them, which service owns them and
+which project they belong to; that is how they are found again (``owned_keys``, pruning,
+teardown, the doctor's audit), so a service only ever touches its own slice. Applying is
+server-side apply with the service's field manager, then pruning what the desired slice no
+longer has; teardown deletes kind by kind in deletion order and waits while a kind is still
+there (a finalizer), so an object never goes before what holds it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import structlog
+
+from vpcbus_proto.doctor import Finding, Kind
+from vpcbus_runtime.kube import KubeClient, Object
+from vpcbus_runtime.reconciling import Result
+
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True)
+class Slice:
+    kube: KubeClient
+    service: str
+    api_version: str
+    #: The kinds of the slice, in deletion order (listed even when none is desired).
+    kinds: tuple[str, ...]
+    #: The labels every object of the slice carries (managed-by, owner).
+    labels: Mapping[str, str]
+    #: The label naming the project (``<org>.<project>``).
+    project_label: str
+    field_manager: str
+    #: How soon a project waiting on Kubernetes (a finalizer) is looked at again.
+    requeue_after: float = 2.0
+
+    def selector(self, key: str | None = None) -> str:
+        terms = [f"{name}={value}" for name, value in self.labels.items()]
+        if key is not None:
+            terms.append(f"{self.project_label}={key}")
+        return ",".join(terms)
+
+    async def listed(self, kind: str, key: str | None = None) -> list[Object]:
+        items, _ = await self.kube.list(self.api_version, kind, label_selector=self.selector(key))
+        return items
+
+    async def owned_keys(self) -> list[str]:
+        keys: set[str] = set()
+        for kind in self.kinds:
+            for obj in await self.listed(kind):
+                key = (obj["metadata"].get("labels") or {}).get(self.project_label)
+                if key:
+                    keys.add(key)
+        return sorted(keys)
+
+    async def apply(self, key: str, want: Sequence[Object]) -> list[Object]:
+        """Apply ``want`` (in order) and delete the project's objects of the slice that it no
+        longer has; the stored objects, as the server returned them."""
+        stored = [await self.kube.apply(m, field_manager=self.field_manager) for m in want]
+        keep = {(m["kind"], m["metadata"]["name"]) for m in want}
+        for kind in self.kinds:
+            for obj in await self.listed(kind, key):
+                name = obj["metadata"]["name"]
+                if (kind, name) not in keep:
+                    await self.kube.delete(self.api_version, kind, name)
+                    log.info("pruned", kind=kind, name=name, project=key)
+        return stored
+
+    async def teardown(self, key: str) -> Result:
+        """Delete kind by kind in deletion order; ``Pending`` while a kind is still there
+        after its delete, ``Deleted`` once nothing is left ("already gone" is success)."""
+        for kind in self.kinds:
+            for obj in await self.listed(kind, key):
+                await self.kube.delete(self.api_version, kind, obj["metadata"]["name"])
+            left = await self.listed(kind, key)
+            if left:
+                names = ", ".join(o["metadata"]["name"] for o in left)
+                return Result(
+                    "Pending", "WaitingForDeletion", f"{kind} {names} still terminating",
+                    requeue_after=self.requeue_after,
+                )  # fmt: skip
+        log.info(f"{self.service} torn down", project=key)
+        return Result("Deleted", "TornDown")
+
+    async def audit(self, key: str, want: Sequence[Object] | None) -> list[Finding]:
+        """The project's objects against ``want`` (None: the project is gone, so every object
+        is an orphan): missing, drifted (spec differs) and extra ones. Writes nothing."""
+
+        def finding(kind: Kind, obj: str, detail: str = "") -> Finding:
+            return Finding(service=self.service, project=key, kind=kind, object=obj,
+                           detail=detail)  # fmt: skip
+
+        have: dict[tuple[str, str], Object] = {}
+        for k in self.kinds:
+            have.update({(k, o["metadata"]["name"]): o for o in await self.listed(k, key)})
+        if want is None:
+            return [finding("orphan", f"{k}/{n}") for k, n in have]
+        out = []
+        for m in want:
+            ident = (m["kind"], m["metadata"]["name"])
+            found = have.pop(ident, None)
+            if found is None:
+                out.append(finding("missing", "/".join(ident)))
+            elif found.get("spec") != m["spec"]:
+                out.append(finding("drifted", "/".join(ident), "spec differs"))
+        out += [finding("extra", f"{k}/{n}") for k, n in have]
+        return out

@@ -1,0 +1,66 @@
+"""``vpcbus_runtime.kubeslice.Slice`` against the fake API server with the real client: a
+service's slice is found by its labels only, applied and pruned, torn down in order, and
+audited (missing, drifted, extra, orphan) without writing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.kube.apiserver import FakeApiServer
+from tests.kube.fixtures import apiserver_fixture, kube_fixture, kubeconfig_fixture  # noqa: F401
+from vpcbus_runtime.kube import KubeClient
+from vpcbus_runtime.kubeslice import Slice
+
+pytestmark = [pytest.mark.connected]
+
+API = "kubeovn.io/v1"
+LABELS = {"app.kubernetes.io/managed-by": "vpcbus", "vpcbus.io/owner": "vpc"}
+
+
+def obj(kind: str, name: str, key: str = "acme.shop", owner: str = "vpc", **spec: Any) -> Any:
+    labels = {**LABELS, "vpcbus.io/owner": owner, "vpcbus.io/project": key}
+    return {"apiVersion": API, "kind": kind, "metadata": {"name": name, "labels": labels},
+            "spec": spec}  # fmt: skip
+
+
+def names(objects: list[Any]) -> list[str]:
+    return sorted(o["metadata"]["name"] for o in objects)
+
+
+async def test_apply_prune_audit_and_teardown_touch_only_the_slice(
+    kube: KubeClient, apiserver: FakeApiServer
+) -> None:
+    s = Slice(kube, "vpc", API, ("Subnet", "Vpc"), labels=LABELS,
+              project_label="vpcbus.io/project", field_manager="vpcbus-vpc")  # fmt: skip
+    want = [obj("Vpc", "acme-shop", namespaces=["acme-shop"]), obj("Subnet", "acme-shop-default",
+            cidrBlock="10.0.0.0/24")]  # fmt: skip
+    await s.apply("acme.shop", want)
+    await kube.apply(obj("Vpc", "other", owner="nat"), field_manager="vpcbus-nat")  # not ours
+    await kube.apply(obj("Vpc", "globex-x", key="globex.x"), field_manager="vpcbus-vpc")
+    assert await s.owned_keys() == ["acme.shop", "globex.x"]
+    assert await s.audit("acme.shop", want) == []
+
+    await kube.delete(API, "Subnet", "acme-shop-default")
+    await kube.apply(obj("Vpc", "acme-shop", namespaces=["changed"]), field_manager="vpcbus-vpc")
+    await kube.apply(obj("Subnet", "acme-shop-stale"), field_manager="vpcbus-vpc")
+    found = {(f.kind, f.object) for f in await s.audit("acme.shop", want)}
+    assert found == {("missing", "Subnet/acme-shop-default"), ("drifted", "Vpc/acme-shop"),
+                     ("extra", "Subnet/acme-shop-stale")}  # fmt: skip
+    assert await kube.get(API, "Subnet", "acme-shop-default") is None, "the audit wrote nothing"
+
+    await s.apply("acme.shop", want)  # repairs and prunes
+    assert await s.audit("acme.shop", want) == []
+    assert names((await kube.list(API, "Subnet"))[0]) == ["acme-shop-default"]
+
+    orphans = await s.audit("globex.x", None)
+    assert [(f.kind, f.object) for f in orphans] == [("orphan", "Vpc/globex-x")]
+    with apiserver.store.cond:
+        mark = apiserver.store.rv
+    result = await s.teardown("acme.shop")
+    assert (result.state, result.reason) == ("Deleted", "TornDown")
+    assert names((await kube.list(API, "Vpc"))[0]) == ["globex-x", "other"]
+    with apiserver.store.cond:
+        deleted = [e.key[3] for e in apiserver.store.events if e.rv > mark and e.type == "DELETED"]
+    assert deleted == ["acme-shop-default", "acme-shop"], "the slice's order: Subnet, then Vpc"
