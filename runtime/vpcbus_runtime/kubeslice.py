@@ -10,7 +10,7 @@ there (a finalizer), so an object never goes before what holds it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -68,6 +68,29 @@ class Slice:
                     await self.kube.delete(self.api_version, kind, name)
                     log.info("pruned", kind=kind, name=name, project=key)
         return stored
+
+    def outcome(
+        self,
+        stored: Sequence[Object],
+        objects: Sequence[str],
+        not_ready: Callable[[Object], str | None],
+        message: str,
+    ) -> Result:
+        """``Ready`` with ``message`` once every stored object is ready by its kind's own rule
+        (``not_ready`` says why one is not); ``Pending`` with a requeue until then: waiting
+        for the controller is not an error."""
+        waiting = [why for obj in stored if (why := not_ready(obj)) is not None]
+        if waiting:
+            return Result(
+                "Pending", "WaitingForKubeOvn", "; ".join(waiting),
+                requeue_after=self.requeue_after, objects=objects,
+            )  # fmt: skip
+        return Result("Ready", "Reconciled", message, objects=objects)
+
+    def blocked(self, key: str, detail: str) -> list[Finding]:
+        """The audit's answer for a project it cannot check yet."""
+        return [Finding(service=self.service, project=key, kind="blocked",
+                        object=f"project/{key}", detail=detail)]  # fmt: skip
 
     async def teardown(self, key: str) -> Result:
         """Delete kind by kind in deletion order; ``Pending`` while a kind is still there

@@ -23,7 +23,7 @@ import structlog
 
 from vpcbus_kubeovn import meta
 from vpcbus_kubeovn import nat as manifests
-from vpcbus_nat.reconciler import GATEWAY_EIP
+from vpcbus_nat.reconciler import GATEWAY_EIP, peers_ready
 from vpcbus_proto.doctor import Finding
 from vpcbus_proto.subjects import ServiceName
 from vpcbus_runtime.kube import KubeClient, Object
@@ -74,16 +74,10 @@ class KubeNatReconciler:
         record = ctx.record
         if record is None or record.spec is None:
             return await self.slice.teardown(ctx.key)
-        ipam = await ctx.peers.status("ipam", ctx.organization, ctx.project)
-        vpc = await ctx.peers.status("vpc", ctx.organization, ctx.project)
-        for peer, status in (("Ipam", ipam), ("Vpc", vpc)):
-            if status is None or status.generation != record.generation or status.state != "Ready":
-                detail = f"{status.state} {status.reason}" if status else "no status yet"
-                return Result("Pending", f"WaitingFor{peer}", f"{peer.lower()}: {detail}")
-        assert ipam is not None
-        gw = ipam.addresses.eip(GATEWAY_EIP) if ipam.addresses else None
-        if gw is None:
-            return Result("Pending", "WaitingForIpam", "ipam reports no default-gw EIP")
+        ready = await peers_ready(ctx, record)
+        if isinstance(ready, Result):
+            return ready
+        ipam, gw = ready
         spec = record.spec
         name = manifests.gateway_eip_name(spec.namespace, spec.egress_network_type)
         want = manifests.manifests(spec, addresses={name: gw.ip_address})
@@ -98,14 +92,8 @@ class KubeNatReconciler:
                 f"the kube-ovn backend does not realise {', '.join(unsupported)} yet",
                 objects=objects,
             )  # fmt: skip
-        waiting = [why for obj in stored if (why := not_ready(obj)) is not None]
-        if waiting:
-            return Result(
-                "Pending", "WaitingForKubeOvn", "; ".join(waiting),
-                requeue_after=self.requeue_after, objects=objects,
-            )  # fmt: skip
         message = f"SNAT {spec.cidr_block} -> {gw.ip_address}"
-        return Result("Ready", "Reconciled", message, objects=objects)
+        return self.slice.outcome(stored, objects, not_ready, message)
 
     # -- doctor: read-only, instead of a dry-run reconcile (which would write) ------------
 
@@ -121,14 +109,7 @@ class KubeNatReconciler:
         ipam = await ctx.peers.status("ipam", ctx.organization, ctx.project)
         gw = ipam.addresses.eip(GATEWAY_EIP) if ipam and ipam.addresses else None
         if gw is None:
-            blocked = Finding(
-                service=SERVICE,
-                project=ctx.key,
-                kind="blocked",
-                object=f"project/{ctx.key}",
-                detail="no gateway EIP from ipam",
-            )
-            return [blocked]
+            return self.slice.blocked(ctx.key, "no gateway EIP from ipam")
         spec = record.spec
         name = manifests.gateway_eip_name(spec.namespace, spec.egress_network_type)
         return await self.slice.audit(

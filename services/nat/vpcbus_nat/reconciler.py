@@ -6,9 +6,11 @@ from collections.abc import Sequence
 
 from vpcbus_nat import desired, ovn
 from vpcbus_proto import names
+from vpcbus_proto.status import ExternalAddress, ServiceStatus
 from vpcbus_proto.subjects import ServiceName
 from vpcbus_runtime.ovn import NbSession
 from vpcbus_runtime.reconciling import Context, Result
+from vpcbus_runtime.records import ProjectRecord
 
 GATEWAY_EIP = "default-gw"
 
@@ -31,16 +33,10 @@ class NatReconciler:
         if record is None or record.spec is None:
             await self.nb.transact(lambda api, txn: ovn.teardown_nat(api, txn, ctx.key))
             return Result("Deleted", "TornDown")
-        ipam = await ctx.peers.status("ipam", ctx.organization, ctx.project)
-        vpc = await ctx.peers.status("vpc", ctx.organization, ctx.project)
-        for peer, status in (("Ipam", ipam), ("Vpc", vpc)):
-            if status is None or status.generation != record.generation or status.state != "Ready":
-                detail = f"{status.state} {status.reason}" if status else "no status yet"
-                return Result("Pending", f"WaitingFor{peer}", f"{peer.lower()}: {detail}")
-        assert ipam is not None
-        gw = ipam.addresses.eip(GATEWAY_EIP) if ipam.addresses else None
-        if gw is None:
-            return Result("Pending", "WaitingForIpam", "ipam reports no default-gw EIP")
+        ready = await peers_ready(ctx, record)
+        if isinstance(ready, Result):
+            return ready
+        ipam, gw = ready
         fips = ipam.addresses.fips if ipam.addresses else []
         want = desired.build(
             ctx.key, names.namespace(ctx.organization, ctx.project), record.spec.cidr_block,
@@ -53,3 +49,21 @@ class NatReconciler:
         if want.balancers:
             message += f"; {len(want.balancers)} load balancer(s)"
         return Result("Ready", "Reconciled", message, objects=objects)
+
+
+async def peers_ready(
+    ctx: Context, record: ProjectRecord
+) -> tuple[ServiceStatus, ExternalAddress] | Result:
+    """IPAM's status and the default-gw EIP once IPAM and VPC are Ready at the record's
+    generation; else the ``Pending`` result to report."""
+    ipam = await ctx.peers.status("ipam", ctx.organization, ctx.project)
+    vpc = await ctx.peers.status("vpc", ctx.organization, ctx.project)
+    for peer, status in (("Ipam", ipam), ("Vpc", vpc)):
+        if status is None or status.generation != record.generation or status.state != "Ready":
+            detail = f"{status.state} {status.reason}" if status else "no status yet"
+            return Result("Pending", f"WaitingFor{peer}", f"{peer.lower()}: {detail}")
+    assert ipam is not None
+    gw = ipam.addresses.eip(GATEWAY_EIP) if ipam.addresses else None
+    if gw is None:
+        return Result("Pending", "WaitingForIpam", "ipam reports no default-gw EIP")
+    return ipam, gw

@@ -28,7 +28,7 @@ from vpcbus_proto.subjects import ServiceName
 from vpcbus_runtime.kube import KubeClient, Object
 from vpcbus_runtime.kubeslice import Slice
 from vpcbus_runtime.reconciling import Context, Result
-from vpcbus_vpc.reconciler import GATEWAY_EIP
+from vpcbus_vpc.reconciler import GATEWAY_EIP, held_by_peers, ipam_ready
 
 SERVICE = "vpc"
 FIELD_MANAGER = "vpcbus-vpc"
@@ -83,42 +83,19 @@ class KubeVpcReconciler:
         record = ctx.record
         if record is None or record.spec is None:
             if record is not None:
-                for peer in ("nat", "dns"):
-                    # As the OVN backend: no status means the peer holds nothing of ours.
-                    status = await ctx.peers.status(peer, ctx.organization, ctx.project)
-                    if status is not None and (
-                        status.state != "Deleted" or status.generation < record.generation
-                    ):
-                        return Result(
-                            "Pending",
-                            f"WaitingFor{peer.capitalize()}Teardown",
-                            f"the Vpc is removed after {peer} releases it",
-                            requeue_after=self.requeue_after,
-                        )
+                held = await held_by_peers(ctx, record, "the Vpc", self.requeue_after)
+                if held is not None:
+                    return held
             return await self.slice.teardown(ctx.key)
-        ipam = await ctx.peers.status("ipam", ctx.organization, ctx.project)
-        if (
-            ipam is None
-            or ipam.generation != record.generation
-            or ipam.state != "Ready"
-            or ipam.addresses is None
-            or ipam.addresses.eip(GATEWAY_EIP) is None
-        ):
-            detail = f"ipam: {ipam.state} {ipam.reason} {ipam.message}" if ipam else "ipam: -"
-            return Result("Pending", "WaitingForIpam", detail.strip())
-        gw = ipam.addresses.eip(GATEWAY_EIP)
-        assert gw is not None
+        ready = await ipam_ready(ctx, record)
+        if isinstance(ready, Result):
+            return ready
+        _, _, gw = ready
         want = manifests.manifests(record.spec, gateway_ip=gw.gateway)
         stored = await self.slice.apply(ctx.key, want)
         objects = [f"{m['kind']}/{m['metadata']['name']}" for m in want]
-        waiting = [why for obj in stored if (why := not_ready(obj)) is not None]
-        if waiting:
-            return Result(
-                "Pending", "WaitingForKubeOvn", "; ".join(waiting),
-                requeue_after=self.requeue_after, objects=objects,
-            )  # fmt: skip
         message = f"Vpc {manifests.vpc_name(record.spec)} standby, subnet ready"
-        return Result("Ready", "Reconciled", message, objects=objects)
+        return self.slice.outcome(stored, objects, not_ready, message)
 
     # -- doctor: read-only, as the dry run of the OVN backend -----------------------------
 
@@ -134,13 +111,6 @@ class KubeVpcReconciler:
         ipam = await ctx.peers.status("ipam", ctx.organization, ctx.project)
         gw = ipam.addresses.eip(GATEWAY_EIP) if ipam and ipam.addresses else None
         if gw is None:
-            blocked = Finding(
-                service=SERVICE,
-                project=ctx.key,
-                kind="blocked",
-                object=f"project/{ctx.key}",
-                detail="no gateway EIP from ipam",
-            )
-            return [blocked]
+            return self.slice.blocked(ctx.key, "no gateway EIP from ipam")
         want = manifests.manifests(record.spec, gateway_ip=gw.gateway)
         return await self.slice.audit(ctx.key, want)

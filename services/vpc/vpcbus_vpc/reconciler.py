@@ -11,10 +11,11 @@ from collections.abc import Sequence
 import structlog
 
 from vpcbus_proto import names
-from vpcbus_proto.status import MemberStatus, ServiceStatus
+from vpcbus_proto.status import AddressFacts, ExternalAddress, MemberStatus, ServiceStatus
 from vpcbus_proto.subjects import ServiceName
 from vpcbus_runtime.ovn import NbSession
 from vpcbus_runtime.reconciling import Context, Result
+from vpcbus_runtime.records import ProjectRecord
 from vpcbus_vpc import desired, ovn
 
 GATEWAY_EIP = "default-gw"
@@ -53,41 +54,22 @@ class VpcReconciler:
         record = ctx.record
         if record is None or record.spec is None:
             if record is not None:
-                for peer in ("nat", "dns"):
-                    # No status: the peer never built anything for the project, or it tore
-                    # down and forgot it already (it keeps Deleted until we are Deleted, but a
-                    # redelivered deletion may reach us after that). Either way nothing of the
-                    # peer's hangs on the router; its NAT rows would go with the router anyway.
-                    status = await ctx.peers.status(peer, ctx.organization, ctx.project)
-                    if status is not None and (
-                        status.state != "Deleted" or status.generation < record.generation
-                    ):
-                        return Result(
-                            "Pending",
-                            f"WaitingFor{peer.capitalize()}Teardown",
-                            f"the router is removed after {peer} releases it",
-                        )
+                held = await held_by_peers(ctx, record, "the router")
+                if held is not None:
+                    return held
             removed = await self.nb.transact(lambda api, txn: ovn.teardown_vpc(api, txn, ctx.key))
             log_removed(removed)
             return Result("Deleted", "TornDown")
-        ipam = await ctx.peers.status("ipam", ctx.organization, ctx.project)
-        if (
-            ipam is None
-            or ipam.generation != record.generation
-            or ipam.state != "Ready"
-            or ipam.addresses is None
-            or ipam.addresses.eip(GATEWAY_EIP) is None
-        ):
-            detail = f"ipam: {ipam.state} {ipam.reason} {ipam.message}" if ipam else "ipam: -"
-            return Result("Pending", "WaitingForIpam", detail.strip())
-        gw = ipam.addresses.eip(GATEWAY_EIP)
-        assert gw is not None
+        ready = await ipam_ready(ctx, record)
+        if isinstance(ready, Result):
+            return ready
+        ipam, facts, gw = ready
         want = desired.build(
             ctx.key,
             names.namespace(ctx.organization, ctx.project),
             record.spec,
             gw,
-            ipam.addresses,
+            facts,
             chassis=self.chassis,
             isolation=self.isolation,
         )
@@ -115,3 +97,41 @@ def port_states(
         out.append(MemberStatus(member=port.member, generation=generation, state="Ready",
                                 reason="PortBound", message=port.name))  # fmt: skip
     return sorted(out, key=lambda m: m.member)
+
+
+async def held_by_peers(
+    ctx: Context, record: ProjectRecord, what: str, requeue_after: float | None = None
+) -> Result | None:
+    """Teardown waits until NAT and DNS report Deleted for the deletion's generation; the
+    ``Pending`` result while one still holds ``what``, else None.
+
+    No status: the peer never built anything for the project, or it tore down and forgot it
+    already (it keeps Deleted until we are Deleted, but a redelivered deletion may reach us
+    after that). Either way nothing of the peer's hangs on the router."""
+    for peer in ("nat", "dns"):
+        status = await ctx.peers.status(peer, ctx.organization, ctx.project)
+        if status is not None and (
+            status.state != "Deleted" or status.generation < record.generation
+        ):
+            return Result(
+                "Pending",
+                f"WaitingFor{peer.capitalize()}Teardown",
+                f"{what} is removed after {peer} releases it",
+                requeue_after=requeue_after,
+            )
+    return None
+
+
+async def ipam_ready(
+    ctx: Context, record: ProjectRecord
+) -> tuple[ServiceStatus, AddressFacts, ExternalAddress] | Result:
+    """IPAM's status, its facts and the default-gw EIP once IPAM is Ready at the record's
+    generation; else the ``Pending`` result to report."""
+    ipam = await ctx.peers.status("ipam", ctx.organization, ctx.project)
+    current = ipam is not None and ipam.generation == record.generation and ipam.state == "Ready"
+    facts = ipam.addresses if ipam is not None and current else None
+    gw = facts.eip(GATEWAY_EIP) if facts is not None else None
+    if ipam is None or facts is None or gw is None:
+        detail = f"ipam: {ipam.state} {ipam.reason} {ipam.message}" if ipam else "ipam: -"
+        return Result("Pending", "WaitingForIpam", detail.strip())
+    return ipam, facts, gw
