@@ -22,6 +22,11 @@ import pytest
 
 from tests.conftest import ServiceProcs
 from tests.kube.apiserver import FakeApiServer
+from tests.kube.fixtures import (  # noqa: F401
+    kube_fixture,
+    module_apiserver_fixture,
+    module_kubeconfig_fixture,
+)
 from vpcbus.client import Client, deleted_at, ready_at
 from vpcbus.embedded import procs
 from vpcbus_proto import subjects
@@ -72,19 +77,6 @@ class BridgeProc:
 
 
 @pytest.fixture(scope="module")
-def apiserver() -> Iterator[FakeApiServer]:
-    server = FakeApiServer()
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def kubeconfig(apiserver: FakeApiServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return apiserver.write_kubeconfig(tmp_path_factory.mktemp("kube") / "kubeconfig")
-
-
-@pytest.fixture(scope="module")
 def bridge(
     services: ServiceProcs, kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[BridgeProc]:
@@ -92,13 +84,6 @@ def bridge(
     proc.start()
     yield proc
     procs.stop_child(proc.proc)
-
-
-@pytest.fixture
-async def kube(kubeconfig: Path) -> Any:
-    client = KubeClient.from_config(str(kubeconfig))
-    yield client
-    await client.close()
 
 
 async def until(

@@ -16,7 +16,7 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,11 @@ import pytest
 from tests.conftest import SERVICE_ENV, ServiceProcs
 from tests.integration import helpers
 from tests.kube.apiserver import FakeApiServer
+from tests.kube.fixtures import (  # noqa: F401
+    kube_fixture,
+    module_apiserver_fixture,
+    module_kubeconfig_fixture,
+)
 from vpcbus.client import Client
 from vpcbus.embedded.natsd import NatsServer
 from vpcbus_proto.projects import ProjectRef
@@ -40,19 +45,6 @@ CONTROLLER = "kube-ovn-controller"  # the field manager standing in for Kube-OVN
 SCHEMAS = Path(__file__).resolve().parents[1] / "data" / "kubeovn-crds"
 ORG, PROJECT = "acme", "prod"
 N = f"{ORG}-{PROJECT}"
-
-
-@pytest.fixture(scope="module")
-def apiserver() -> Iterator[FakeApiServer]:
-    server = FakeApiServer()
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def kubeconfig(apiserver: FakeApiServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return apiserver.write_kubeconfig(tmp_path_factory.mktemp("kube") / "kubeconfig")
 
 
 @pytest.fixture(scope="module")
@@ -74,13 +66,6 @@ def kube_services(
     procs.wait_registered(nats_server.url, ("ipam", "vpc", "nat"))
     yield procs
     procs.stop_all()
-
-
-@pytest.fixture
-async def kube(kubeconfig: Path) -> AsyncIterator[KubeClient]:
-    client = KubeClient.from_config(str(kubeconfig))
-    yield client
-    await client.close()
 
 
 async def until(

@@ -2,7 +2,9 @@
 
 ``from tests.kube.fixtures import apiserver_fixture, kube_fixture, kubeconfig_fixture``
 makes the fixtures ``apiserver``, ``kubeconfig`` and ``kube`` (a real
-:class:`~vpcbus_runtime.kube.KubeClient` configured by that kubeconfig) available.
+:class:`~vpcbus_runtime.kube.KubeClient` configured by that kubeconfig) available. A module
+whose services outlive one test imports ``module_apiserver_fixture`` and
+``module_kubeconfig_fixture`` instead: the same two, one per module.
 """
 
 from __future__ import annotations
@@ -27,6 +29,21 @@ def apiserver_fixture() -> Iterator[FakeApiServer]:
 @pytest.fixture(name="kubeconfig")
 def kubeconfig_fixture(apiserver: FakeApiServer, tmp_path: Path) -> Path:
     return apiserver.write_kubeconfig(tmp_path / "kubeconfig")
+
+
+@pytest.fixture(name="apiserver", scope="module")
+def module_apiserver_fixture() -> Iterator[FakeApiServer]:
+    server = FakeApiServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(name="kubeconfig", scope="module")
+def module_kubeconfig_fixture(
+    apiserver: FakeApiServer, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    return apiserver.write_kubeconfig(tmp_path_factory.mktemp("kube") / "kubeconfig")
 
 
 @pytest.fixture(name="kube")
