@@ -32,6 +32,7 @@ from ovs.db import types as ovs_types
 from ovsdbapp.backend.ovs_idl import command, connection
 from ovsdbapp.schema.ovn_northbound import impl_idl
 
+from vpcbus_runtime import ovsjson
 from vpcbus_runtime.errors import TemporaryError
 
 OWNER = "vpcbus-owner"
@@ -120,6 +121,7 @@ class NbSession:
         """``tables``: the only NB tables to replicate (default all). A service that names the
         tables it reads and writes parses a fraction of NB's updates: with 1,000 projects
         the first connect of VPC took 20 s in bench/ while replicating every table."""
+        ovsjson.install()  # the ovs wheel lexes JSON in pure Python: 10x slower
         self.nb_db = nb_db
         self.tables = tables
         self.timeout = timeout
