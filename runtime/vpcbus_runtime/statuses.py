@@ -1,8 +1,11 @@
 """Publishing this service's status and reading its peers', over the status stream.
 
 The status stream keeps the last message per subject, so a peer's current status is one
-direct get (``Peers.status``). Publishing is de-duplicated in memory: an unchanged outcome
-is not republished on every resync.
+direct get (``Peers.status``). Publishing is de-duplicated: an unchanged outcome is not
+republished on every resync, nor after a restart (the first outcome of a project in this
+process is compared with the status already in the stream). Every published status wakes
+every service that watches it, so a restart that republished a thousand unchanged statuses
+had each downstream service reconcile a thousand projects ahead of a new one (bench/).
 """
 
 from __future__ import annotations
@@ -45,6 +48,11 @@ class StatusPublisher:
         key = names.project_key(org, project)
         if not force and self._last.get(key) == fingerprint:
             return None
+        if not force and key not in self._last:
+            stored = await StreamPeers(self.js).status(self.service, org, project)
+            if stored is not None and _fingerprint(stored) == fingerprint:
+                self._last[key] = fingerprint
+                return None
         status = ServiceStatus(
             service=self.service,
             organization=org,
@@ -83,6 +91,20 @@ class StatusPublisher:
             subjects.STATUS_STREAM, subject=subjects.status_subject(self.service, org, project)
         )
         self._last.pop(names.project_key(org, project), None)
+
+
+def _fingerprint(status: ServiceStatus) -> tuple[object, ...]:
+    """What :meth:`StatusPublisher.publish` compares, from a published status."""
+    return (
+        status.generation,
+        status.state,
+        status.reason,
+        status.message,
+        status.addresses,
+        tuple(status.objects),
+        tuple(status.members),
+        status.resolver,
+    )
 
 
 class StreamPeers:

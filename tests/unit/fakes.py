@@ -24,6 +24,7 @@ from nats.js.errors import (
     KeyNotFoundError,
     KeyWrongLastSequenceError,
     NoKeysError,
+    NotFoundError,
 )
 from nats.js.kv import KeyValue
 
@@ -169,17 +170,35 @@ class FakeAck:
 
 
 @dataclass
+class FakeStoredMsg:
+    subject: str
+    data: bytes
+
+
+@dataclass
 class FakeJetStream:
+    """Publish, subject purge and the direct get of the last message per subject (what
+    the status stream keeps)."""
+
     published: list[tuple[str, bytes, str | None]] = field(default_factory=list)
     purged: list[tuple[str, str | None]] = field(default_factory=list)
+    last: dict[tuple[str, str], bytes] = field(default_factory=dict)
 
     async def publish(self, subject: str, payload: bytes = b"", stream: str | None = None) -> Any:
         self.published.append((subject, payload, stream))
+        self.last[stream or "", subject] = payload
         return FakeAck(stream or "", len(self.published))
 
     async def purge_stream(self, name: str, subject: str | None = None) -> bool:
         self.purged.append((name, subject))
+        for key in [k for k in self.last if k[0] == name and subject in (None, k[1])]:
+            del self.last[key]
         return True
+
+    async def get_last_msg(self, stream_name: str, subject: str, direct: bool = False) -> Any:
+        if (stream_name, subject) not in self.last:
+            raise NotFoundError
+        return FakeStoredMsg(subject, self.last[stream_name, subject])
 
 
 # -- OVN Northbound -------------------------------------------------------------------------

@@ -254,3 +254,23 @@ async def test_dedupe_is_per_project_and_purge_forgets(
     assert await publisher.publish("acme", "shop", 1, result) is not None
     assert await publisher.publish("acme", "web", 1, result) is None
     assert len(js.published) == 3
+
+
+async def test_a_restarted_publisher_does_not_republish_what_the_stream_holds(
+    js: FakeJetStream,
+) -> None:
+    """The dedupe memory starts empty in a new process: the first outcome of a project is
+    compared with the status already stored, so a restart does not wake every peer of every
+    project with an unchanged status (bench/), while a changed one is still published."""
+    first = StatusPublisher(cast(JetStreamContext, js), "vpc")
+    facts = dataclasses.replace(BASE, addresses=FACTS)
+    await first.publish("acme", "shop", 1, facts)
+    await first.publish("acme", "web", 1, BASE)
+    restarted = StatusPublisher(cast(JetStreamContext, js), "vpc")
+    assert await restarted.publish("acme", "shop", 1, facts) is None
+    assert restarted.published("acme.shop")
+    assert await restarted.publish("acme", "web", 2, BASE) is not None  # a new generation
+    assert await restarted.publish("acme", "new", 1, BASE) is not None  # nothing stored
+    assert await restarted.publish("acme", "shop", 1, facts, force=True) is not None
+    assert [s for s, _, _ in js.published].count("vpcbus.status.vpc.acme.shop") == 2
+    assert len(js.published) == 5
