@@ -585,7 +585,7 @@ async def phase_restart(
     records = await record_counts(client)
     stack.kill_services()
     tracker.reset()
-    start = now()
+    start, wall_start = now(), datetime.now(UTC)
     stack.start_services()
     name = f"{label}new"
     pub = await client.upsert(spec_for(name))
@@ -628,6 +628,11 @@ async def phase_restart(
         "all_up_seconds": round(max(up.values()), 3) if len(up) == 4 else None,
         "publish_seconds": round(published - start, 3),
         "new_ready_seconds": round(ready_at - start, 3) if ready_at is not None else None,
+        # when each service reported the new project (its status' observed_at): the chain
+        "new_status_seconds": {
+            svc: round((st.observed_at - wall_start).total_seconds(), 3)
+            for svc, st in tracker.statuses.get(project_key(name), {}).items()
+        },
         "resync_seconds": {k: round(v, 3) for k, v in resynced.items()},
         "all_resynced_seconds": round(max(resynced.values()), 3)
         if len(resynced) == len(commands.SERVICES)
