@@ -6,6 +6,12 @@ after a 410. The services' statuses come from the status stream (last per subjec
 live). Any change marks the bridge dirty; one sync task then maps the whole snapshot
 (:mod:`.mapping`), publishes what changed (``Nats-Msg-Id`` = the event id) and applies the
 statuses that differ. Level-triggered: a sync after a missed or repeated change converges.
+
+A sync also keeps the bridge's finalizer (:mod:`.mapping.teardown`: added before the events
+are published, removed once the services have torn down what a deleted object described)
+and the EIp objects of IPAM's own EIPs (:mod:`.mapping.autoeips`). Both remove or delete
+only after the status stream has been read to its end, so a restarted bridge never takes
+"no status yet" for "torn down".
 """
 
 from __future__ import annotations
@@ -20,8 +26,9 @@ import structlog
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
-from vpcbus_bridge.mapping import events, members, objects, statuses
-from vpcbus_bridge.mapping.objects import Watched
+from vpcbus_bridge.mapping import autoeips, events, members, objects, statuses, teardown
+from vpcbus_bridge.mapping.objects import EIP, Watched
+from vpcbus_bridge.mapping.teardown import FinalizerChange
 from vpcbus_bridge.state import BridgeState
 from vpcbus_proto import events as proto_events
 from vpcbus_proto import names, subjects
@@ -56,6 +63,8 @@ class Bridge:
         self.dirty = asyncio.Event()
         #: Set once a kind has been listed (or found missing): the first sync waits for all.
         self._seen = {w.short: asyncio.Event() for w in objects.WATCHED}
+        #: Set once the status stream has been read to its end (last per subject).
+        self.statuses_loaded = asyncio.Event()
         self._told: set[str] = set()
 
     async def run(self) -> None:
@@ -139,13 +148,22 @@ class Bridge:
                 key = names.project_key(status.organization, status.project)
                 self.statuses.setdefault(key, {})[status.service] = status
                 self.dirty.set()
+            if msg.metadata.num_pending == 0:
+                self._loaded()
 
-        await self.js.subscribe(
+        sub = await self.js.subscribe(
             subjects.status_filter(),
             cb=seen,
             ordered_consumer=True,
             deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
         )
+        if (await sub.consumer_info()).num_pending == 0:
+            self._loaded()  # nothing to replay, or all of it was handed over already
+
+    def _loaded(self) -> None:
+        if not self.statuses_loaded.is_set():
+            self.statuses_loaded.set()
+            self.dirty.set()
 
     # -- events out, statuses back -------------------------------------------------------
 
@@ -174,6 +192,9 @@ class Bridge:
     async def sync(self) -> None:
         """Publish what changed, then write the statuses that differ."""
         snapshot = self.state.objects
+        loaded = self.statuses_loaded.is_set()
+        published = self.state.published
+        await self._finalize(teardown.plan(snapshot, self.statuses, published, removals=False))
         wanted, problems = members.desired(snapshot)
         for p in problems:
             if (text := f"{p.short}/{p.namespace}/{p.name}: {p.message}") not in self._told:
@@ -184,7 +205,6 @@ class Bridge:
         for action in events.plan(wanted, self.state.published, problems, self.state.revision()):
             await self._publish(action)
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        published = self.state.published
         for patch in statuses.status_patches(snapshot, self.statuses, published, problems, now):
             try:
                 stored = await self.kube.apply_status(
@@ -201,6 +221,43 @@ class Bridge:
                 )
                 continue
             self.state.refresh(patch.watched, objects.slim(patch.watched, stored))
+        await self._write_auto_eips(autoeips.plan(snapshot, self.statuses, deletions=loaded))
+        if loaded:
+            done = teardown.plan(snapshot, self.statuses, published, removals=True)
+            await self._finalize([c for c in done if not c.keep])
+
+    async def _finalize(self, changes: list[FinalizerChange]) -> None:
+        """Add or remove the bridge's finalizer (server-side apply: it owns what it applies)."""
+        for change in changes:
+            try:
+                stored = await self.kube.apply(change.manifest(), field_manager=self.field_manager)
+            except PermanentError as exc:  # e.g. deleted or re-created meanwhile
+                log.warning(
+                    "finalizer not written", kind=change.watched.kind, name=change.name,
+                    namespace=change.namespace, reason=exc.reason, error=exc.message,
+                )  # fmt: skip
+                continue
+            log.info(
+                "finalizer added" if change.keep else "finalizer removed",
+                kind=change.watched.kind, name=change.name, namespace=change.namespace,
+            )  # fmt: skip
+            self.state.refresh(change.watched, objects.slim(change.watched, stored))
+
+    async def _write_auto_eips(self, plan: autoeips.Plan) -> None:
+        """Write the EIps of IPAM's own EIPs, delete those IPAM no longer reports."""
+        for manifest in plan.apply:
+            meta = manifest["metadata"]
+            try:
+                stored = await self.kube.apply(manifest, field_manager=self.field_manager)
+            except PermanentError as exc:
+                log.warning("eip not written", name=meta["name"], namespace=meta["namespace"],
+                            reason=exc.reason, error=exc.message)  # fmt: skip
+                continue
+            log.info("eip written", name=meta["name"], namespace=meta["namespace"])
+            self.state.refresh(EIP, objects.slim(EIP, stored))
+        for ns, name in plan.delete:
+            await self.kube.delete(EIP.api_version, EIP.kind, name, ns)  # gone already is fine
+            log.info("eip deleted", name=name, namespace=ns)
 
     async def _publish(self, action: events.Publish) -> None:
         body = proto_events.new_event(

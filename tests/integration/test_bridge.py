@@ -28,7 +28,7 @@ from tests.kube.fixtures import (  # noqa: F401
     module_kubeconfig_fixture,
 )
 from vpcbus.client import Client, deleted_at, ready_at
-from vpcbus.embedded import procs
+from vpcbus.embedded import commands, procs
 from vpcbus_proto import subjects
 from vpcbus_runtime.kube import KubeClient
 
@@ -50,7 +50,7 @@ class BridgeProc:
         self.runs += 1
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "vpcbus_bridge"], env=self.env, stdout=out,
+                commands.bridge_argv(python=sys.executable), env=self.env, stdout=out,
                 stderr=subprocess.STDOUT,
             )  # fmt: skip
 
@@ -151,12 +151,19 @@ async def test_a_kube_dc_project_becomes_ready_and_says_so(
     assert condition is not None and condition["reason"] == "Reconciled"
     assert condition["observedGeneration"] == 1
 
-    # What was published: one project.created carrying the object's resourceVersion.
+    # The bridge's finalizer went on first, so deleting it waits for the teardown.
+    assert obj["metadata"]["finalizers"] == ["network.vpcbus.io/teardown"]
+    # What was published: one project.created carrying the object's resourceVersion (the
+    # one the finalizer's write gave it).
     published = await stored_events(client, start)
     assert [s for s, _ in published] == [subjects.PROJECT_CREATED]
     body = published[0][1]
     assert body["source"] == "/vpcbus/kube-bridge"
-    assert body["generation"] == int(created["metadata"]["resourceVersion"])
+    created_rv, now_rv = (
+        int(created["metadata"]["resourceVersion"]),
+        int(obj["metadata"]["resourceVersion"]),
+    )
+    assert created_rv < body["generation"] < now_rv
     assert body["data"] == {"organization": "acme", "name": "prod", "cidrBlock": "10.0.0.0/24",
                             "egressNetworkType": "cloud"}  # fmt: skip
     statuses = await client.statuses("acme", "prod")

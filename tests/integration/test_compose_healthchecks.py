@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -18,7 +19,9 @@ import pytest
 import yaml
 
 from tests.conftest import ServiceProcs
-from vpcbus.embedded import commands
+from tests.kube.apiserver import FakeApiServer
+from tests.kube.fixtures import apiserver_fixture, kubeconfig_fixture  # noqa: F401
+from vpcbus.embedded import commands, procs
 from vpcbus.embedded.natsd import NatsServer
 
 COMPOSE = yaml.safe_load((Path(__file__).resolve().parents[2] / "compose.yaml").read_text())
@@ -66,3 +69,26 @@ def test_nats_healthcheck_url_answers_on_the_fixture(nats_server: NatsServer) ->
     probe = url.replace("8222", str(nats_server.monitor_port), 1)
     with urllib.request.urlopen(probe, timeout=5) as reply:
         assert reply.status == 200
+
+
+def test_bridge_healthcheck_passes_once_the_bridge_has_listed_projects(
+    nats_server: NatsServer,
+    service_env: dict[str, str],
+    apiserver: FakeApiServer,
+    kubeconfig: Path,
+    tmp_path: Path,
+) -> None:
+    env = dict(service_env)
+    assert _run_service_probe("bridge", env).returncode != 0  # no bridge has run yet
+    with (tmp_path / "bridge.log").open("wb") as log:
+        bridge = subprocess.Popen(
+            commands.bridge_argv(python=sys.executable), env={**env, "KUBECONFIG": str(kubeconfig)},
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while (probe := _run_service_probe("bridge", env)).returncode != 0:
+            assert time.monotonic() < deadline, probe.stderr + (tmp_path / "bridge.log").read_text()
+            time.sleep(0.2)
+    finally:
+        procs.stop_child(bridge, timeout=15)

@@ -11,9 +11,13 @@ status changes. Requests need ``Authorization: Bearer <token>``.
 Apply is simplified but keeps the SSA rule that matters to a reconciler: each field manager
 owns what it last applied, and the object is the merge of every manager's applied
 configuration (maps merge, lists are replaced), so a field a manager stops applying goes
-away. There are no conflicts between managers, no validation against CRD schemas, no
-finalizers and no namespace existence checks. Objects sit in a dict, so tests assert on
-state (:meth:`FakeApiServer.object`, :meth:`FakeApiServer.objects`).
+away; ``metadata.finalizers`` and ``metadata.ownerReferences`` are sets across managers, as
+in Kubernetes. Finalizers are honoured: deleting an object that has some sets
+``deletionTimestamp`` (and bumps ``generation``) and keeps it until the last finalizer is
+applied away; none may be added meanwhile. There are no conflicts between managers, no
+validation against CRD schemas, no garbage collection of ownerReferences and no namespace
+existence checks. Objects sit in a dict, so tests assert on state
+(:meth:`FakeApiServer.object`, :meth:`FakeApiServer.objects`).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -103,7 +108,16 @@ def _matches(obj: Obj, terms: list[tuple[str, str, set[str]]]) -> bool:
 
 
 #: Metadata the server owns; labels and annotations come from the managers' applies.
-_SYSTEM_META = ("name", "namespace", "uid", "generation", "creationTimestamp", "resourceVersion")
+_SYSTEM_META = ("name", "namespace", "uid", "generation", "creationTimestamp", "resourceVersion",
+                "deletionTimestamp", "deletionGracePeriodSeconds")  # fmt: skip
+_NO_NEW_FINALIZERS = (
+    "metadata.finalizers: Forbidden: no new finalizers can be added if the object is being deleted"
+)
+#: Metadata lists that are sets across managers (their union), keyed by what identifies an item.
+_SET_META: dict[str, Callable[[Any], Any]] = {
+    "finalizers": str,
+    "ownerReferences": lambda ref: ref.get("uid") or ref.get("name"),
+}
 
 
 def _spec(obj: Obj) -> Obj:
@@ -149,15 +163,29 @@ class Store:
                 stored = _Stored({"apiVersion": gv, "kind": body["kind"], "metadata": head})
             if stored.obj["kind"] != body["kind"]:
                 raise HttpError(422, "Invalid", f"kind {body['kind']!r} != {stored.obj['kind']!r}")
+            previous = stored.intents.get(manager)
             if status:
                 stored.status_intents[manager] = copy.deepcopy(body.get("status") or {})
             else:
                 intent = {k: v for k, v in body.items() if k not in ("status", "apiVersion")}
-                intent["metadata"] = {k: meta[k] for k in ("labels", "annotations") if k in meta}
+                kept = ("labels", "annotations", *_SET_META)
+                intent["metadata"] = {k: meta[k] for k in kept if k in meta}
                 stored.intents[manager] = copy.deepcopy(intent)
             new = self._compose(stored)
+            old_finalizers = stored.obj["metadata"].get("finalizers") or []
+            added = set(new["metadata"].get("finalizers") or []) - set(old_finalizers)
+            if stored.obj["metadata"].get("deletionTimestamp") and added:
+                if not status:  # the apply is refused: the manager's intent stays as it was
+                    if previous is None:
+                        del stored.intents[manager]
+                    else:
+                        stored.intents[manager] = previous
+                raise HttpError(422, "Invalid", _NO_NEW_FINALIZERS)
             if new == stored.obj and key in self.objects:
                 return copy.deepcopy(stored.obj)  # a no-op apply changes nothing, as in k8s
+            if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
+                stored.obj = new  # the last finalizer is gone: the deletion completes
+                return self._remove(key)
             if key in self.objects and _spec(new) != _spec(stored.obj):
                 new["metadata"]["generation"] += 1
             self.rv += 1
@@ -179,6 +207,14 @@ class Store:
         old = stored.obj["metadata"]
         meta = {k: old[k] for k in _SYSTEM_META if k in old}
         meta.update({k: v for k, v in (body.pop("metadata", None) or {}).items() if v})
+        for name, identity in _SET_META.items():
+            union: dict[Any, Any] = {}
+            for intent in stored.intents.values():
+                for item in (intent.get("metadata") or {}).get(name) or []:
+                    union.setdefault(identity(item), item)
+            meta.pop(name, None)
+            if union:
+                meta[name] = list(union.values())
         meta["managedFields"] = [
             {"manager": m, "operation": "Apply", "fieldsType": "FieldsV1", "subresource": sub}
             for sub, managers in (("", stored.intents), ("status", stored.status_intents))
@@ -190,15 +226,30 @@ class Store:
             out["status"] = status
         return out
 
-    def delete(self, key: Key) -> Obj:
+    def delete(self, key: Key) -> tuple[Obj, bool]:
+        """The object and whether it is gone; one with finalizers is only marked (its
+        ``deletionTimestamp`` set, once) and stays until they are applied away."""
         with self.cond:
-            stored = self.objects.pop(key, None)
+            stored = self.objects.get(key)
             if stored is None:
                 raise HttpError(404, "NotFound", f"{key[1]} {key[3]!r} not found")
-            self.rv += 1
-            stored.obj["metadata"]["resourceVersion"] = str(self.rv)
-            self._record("DELETED", key, stored.obj)
-            return copy.deepcopy(stored.obj)
+            meta = stored.obj["metadata"]
+            if not meta.get("finalizers"):
+                return self._remove(key), True
+            if not meta.get("deletionTimestamp"):
+                meta["deletionTimestamp"], meta["deletionGracePeriodSeconds"] = _now(), 0
+                meta["generation"] += 1
+                self.rv += 1
+                meta["resourceVersion"] = str(self.rv)
+                self._record("MODIFIED", key, stored.obj)
+            return copy.deepcopy(stored.obj), False
+
+    def _remove(self, key: Key) -> Obj:
+        stored = self.objects.pop(key)
+        self.rv += 1
+        stored.obj["metadata"]["resourceVersion"] = str(self.rv)
+        self._record("DELETED", key, stored.obj)
+        return copy.deepcopy(stored.obj)
 
     def select(self, gv: str, plural: str, ns: str | None, terms: list[Any]) -> list[Obj]:
         return [
@@ -286,7 +337,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._apply(key, sub, query)
         if method == "DELETE":
             self._body()
-            gone = store.delete(key)
+            gone, removed = store.delete(key)
+            if not removed:
+                return gone  # kept for its finalizers: the object, as Kubernetes answers
             return {
                 "kind": "Status",
                 "apiVersion": "v1",

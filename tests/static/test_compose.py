@@ -24,13 +24,16 @@ import yaml
 
 from vpcbus import auth
 from vpcbus.embedded import commands
+from vpcbus_proto import permissions
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "compose.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
 REQUIREMENTS = ROOT / "requirements.txt"
 
-BUILT_IMAGE_SERVICES = ("nats-auth", "ovn-central", "chassis", "dashboard", *commands.SERVICES)
+BUILT_IMAGE_SERVICES = (
+    "nats-auth", "ovn-central", "chassis", "dashboard", "bridge", *commands.SERVICES,
+)  # fmt: skip
 ALL_SERVICES = ("nats", *BUILT_IMAGE_SERVICES)
 #: Containers that run once and exit (restart "no", no healthcheck): the NATS users.
 ONE_SHOT = ("nats-auth",)
@@ -96,6 +99,7 @@ def fixture_argvs(tmp: Path) -> dict[str, list[str]]:
             host="127.0.0.1", port=0, keepalive=1, vpcbus=Path(sys.executable).parent / "vpcbus"
         ),
         **{name: commands.service_argv(name, python=sys.executable) for name in commands.SERVICES},
+        "bridge": commands.bridge_argv(python=sys.executable),  # tests/integration/test_bridge.py
     }
 
 
@@ -301,6 +305,25 @@ def test_dashboard_listens_on_its_published_port_and_probes_it() -> None:
     assert set(dashboard["depends_on"]) == {"nats"}
 
 
+def test_the_bridge_runs_only_in_the_kube_profile_with_a_mounted_kubeconfig() -> None:
+    bridge = SERVICES["bridge"]
+    assert bridge["command"] == commands.bridge_argv()
+    # Only the bridge has a profile: `docker compose up` without one starts what it did before.
+    assert bridge["profiles"] == ["kube"]
+    assert [n for n, s in SERVICES.items() if "profiles" in s] == ["bridge"]
+    env = bridge["environment"]
+    assert env["NATS_URL"] == "nats://nats:4222"
+    binds = [v for v in bridge["volumes"] if isinstance(v, dict) and v["type"] == "bind"]
+    assert binds == [{"type": "bind", "source": "./kubeconfig", "target": env["KUBECONFIG"],
+                      "read_only": True}]  # fmt: skip
+    assert set(bridge["depends_on"]) == {"nats"}  # it talks to no OVN
+    # The healthcheck reads the bridge's own bucket (the only one its user may read).
+    script = interpolated(bridge["healthcheck"]["test"][3])
+    compile(script, "<bridge healthcheck>", "exec")
+    assert f'key_value("{permissions.BRIDGE_BUCKET}")' in script
+    assert 'get("rv.project")' in script and 'os.environ["NATS_URL"]' in script
+
+
 # -- the Dockerfile ----------------------------------------------------------------------------
 
 
@@ -375,7 +398,12 @@ def test_nats_auth_writes_the_directory_that_nats_reads_its_config_from() -> Non
 
 @pytest.mark.parametrize(
     ("name", "principal"),
-    [*((s, s) for s in commands.SERVICES), ("dashboard", "reader"), ("chassis", "cli")],
+    [
+        *((s, s) for s in commands.SERVICES),
+        ("dashboard", "reader"),
+        ("chassis", "cli"),
+        ("bridge", "bridge"),
+    ],
 )
 def test_each_container_logs_in_as_its_principal_with_only_its_own_password(
     name: str, principal: str

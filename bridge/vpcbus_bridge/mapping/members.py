@@ -123,8 +123,8 @@ def _project(obj: Obj, org: str) -> tuple[BaseModel, int]:
 
 def _eips(obj: Obj, org: str, project: str, _snapshot: Snapshot) -> list[Member]:
     name, spec = objects.meta(obj)["name"], obj.get("spec") or {}
-    if spec.get("childRef") or name == objects.GATEWAY_EIP:
-        return []  # the project's own gateway EIP: IPAM makes it, the bridge reports it
+    if spec.get("childRef") or name == objects.GATEWAY_EIP or objects.written_by_bridge(obj):
+        return []  # IPAM's own EIPs (the gateway's, FIPs', services'): the bridge reports them
 
     def build() -> tuple[BaseModel, int]:
         network = spec.get("externalNetworkType") or None

@@ -42,6 +42,15 @@ BIND_EIP: Final = "service.nlb.kube-dc.com/bind-on-eip"
 POD_MAC: Final = "ovn.kubernetes.io/mac_address"
 VM_SELECTOR: Final = "vm.kubevirt.io/name"
 GATEWAY_EIP: Final = "default-gw"
+#: The bridge's finalizer on the Projects, EIps and FIps it bridges: their deletion waits
+#: until every service has torn down what they describe (:mod:`.teardown`).
+FINALIZER: Final = "network.vpcbus.io/teardown"
+#: Labels of the EIp objects the bridge writes for the EIPs IPAM allocates on its own
+#: (:mod:`.autoeips`); ``OWNER_LABEL: bridge`` marks them, so they are never bridged back.
+MANAGED_BY_LABEL: Final = "app.kubernetes.io/managed-by"
+OWNER_LABEL: Final = "vpcbus.io/owner"
+PROJECT_LABEL: Final = "vpcbus.io/project"
+BRIDGE_OWNER: Final = "bridge"
 #: Annotations the mapping reads; the others are not kept (see :func:`slim`).
 _KEPT_ANNOTATIONS = ("network.kube-dc.com/", "service.nlb.kube-dc.com/", "ovn.kubernetes.io/")
 
@@ -65,6 +74,7 @@ def slim(watched: Watched, obj: Obj) -> Obj:
             "generation",
             "labels",
             "deletionTimestamp",
+            "finalizers",
         )
         if k in head
     }
@@ -93,6 +103,15 @@ def meta(obj: Obj) -> Obj:
 def alive(obj: Obj) -> bool:
     """Not being deleted: a deletionTimestamp means the object is on its way out."""
     return not meta(obj).get("deletionTimestamp")
+
+
+def finalizers(obj: Obj) -> list[str]:
+    return list(meta(obj).get("finalizers") or [])
+
+
+def written_by_bridge(obj: Obj) -> bool:
+    """An EIp the bridge wrote itself (an EIP IPAM allocated on its own): never an input."""
+    return (meta(obj).get("labels") or {}).get(OWNER_LABEL) == BRIDGE_OWNER
 
 
 def running(obj: Obj) -> bool:

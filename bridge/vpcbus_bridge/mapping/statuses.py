@@ -2,7 +2,8 @@
 
 Project ``status.ready`` (all four services Ready at the generation the bridge published)
 with a ``Ready`` condition and ``status.namespace``; EIp ``ipAddress``, ``ready``,
-``ownershipType``, ``owners``, ``ovnEIpRef``; FIp ``eip``, ``externalIP``,
+``ownershipType``, ``owners``, ``ovnEIpRef`` (and ``deleteReleased`` on the EIps of a FIp's or
+Service's own EIP, which the bridge writes); FIp ``eip``, ``externalIP``,
 ``resolvedTargetIP``, ``targetVMInterface``, ``ovnFip``; LoadBalancer Service
 ``status.loadBalancer.ingress``. Only statuses that differ from what the object shows are
 returned, so the bridge writes nothing when nothing changed.
@@ -19,7 +20,7 @@ from vpcbus_bridge.mapping.events import Published
 from vpcbus_bridge.mapping.members import Problem
 from vpcbus_bridge.mapping.objects import EIP, FIP, PROJECT, SERVICE, Obj, Snapshot, Watched
 from vpcbus_proto import names, subjects
-from vpcbus_proto.status import ServiceStatus, project_ready
+from vpcbus_proto.status import AddressFacts, ServiceStatus, project_ready
 
 #: Services' statuses by project key (``org.project``) and service name.
 Statuses = Mapping[str, Mapping[str, ServiceStatus]]
@@ -51,6 +52,17 @@ def ovn_eip_name(namespace: str, eip: str, network: str, child_ref: str | None =
     if eip == objects.GATEWAY_EIP:
         return f"{namespace}-ext-{network}" if network else ""
     return f"{namespace}-eip-{eip}"
+
+
+def own_ovn_eip_name(namespace: str, eip: str, facts: AddressFacts) -> str | None:
+    """The OvnEip behind a FIP's or LoadBalancer Service's own EIP (``fip-<fip>-xxxxx``,
+    ``slb-<svc>-xxxxx``): ``<ns>-fip-<fip>`` or ``<ns>-slb-<svc>``, as the NAT backend
+    names it; None when no FIP or Service of IPAM's facts uses ``eip``."""
+    fip = next((f for f in facts.fips if f.eip == eip), None)
+    if fip is not None:
+        return f"{namespace}-fip-{fip.name}"
+    lb = next((s for s in facts.services if s.eip == eip), None)
+    return f"{namespace}-slb-{lb.name}" if lb is not None else None
 
 
 def ovn_fip_name(namespace: str, fip: str) -> str:
@@ -145,11 +157,16 @@ def _eip_status(obj: Obj, ipam: ServiceStatus | None, problem: str | None, now: 
         ready, reason = False, _reason(addr.reason) if addr and addr.reason else "Pending"
         message = "waiting for IPAM"
     network = addr.network if addr else spec.get("externalNetworkType") or ""
+    auto = objects.written_by_bridge(obj) and meta["name"] != objects.GATEWAY_EIP
+    ovn_eip = ovn_eip_name(meta["namespace"], meta["name"], network, spec.get("childRef"))
+    if auto and ipam is not None and ipam.addresses is not None:
+        ovn_eip = own_ovn_eip_name(meta["namespace"], meta["name"], ipam.addresses) or ovn_eip
     return {
+        **({"deleteReleased": True} if auto else {}),  # a FIp's or Service's own: goes with it
         "ready": ready,
         "ipAddress": addr.ip_address if addr else "",
         "ownershipType": addr.ownership_type if addr else "Released",
-        "ovnEIpRef": ovn_eip_name(meta["namespace"], meta["name"], network, spec.get("childRef")),
+        "ovnEIpRef": ovn_eip,
         "owners": [
             dict(zip(("type", "ownerRef"), o.split("/", 1), strict=False))
             for o in (addr.owners if addr else [])

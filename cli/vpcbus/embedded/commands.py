@@ -76,6 +76,11 @@ def service_argv(service: str, python: StrPath = PYTHON) -> list[str]:
     return [os.fspath(python), "-m", f"vpcbus_{service}"]
 
 
+def bridge_argv(python: StrPath = PYTHON) -> list[str]:
+    """``python -m vpcbus_bridge``: the Kubernetes bridge (its cluster from ``KUBECONFIG``)."""
+    return [os.fspath(python), "-m", "vpcbus_bridge"]
+
+
 def ovn_central_argv(
     *,
     rundir: StrPath,
