@@ -9,6 +9,7 @@ test run a second replica at an exact point between two writes of the first.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
@@ -25,7 +26,7 @@ from tests.unit.ipam_fixtures import (
     started,
     stored,
 )
-from vpcbus_ipam.addresses import AddressBook, Binding, Holding, namespace_key
+from vpcbus_ipam.addresses import AddressBook, Binding, Holding, binding_key, namespace_key
 from vpcbus_ipam.allocator import AllocationError
 from vpcbus_ipam.pools import Pool, project_subnet
 
@@ -346,3 +347,67 @@ async def test_namespace_claims_are_first_come(kv: FakeKV, book: AddressBook) ->
         assert book.claims() == {key: "a.b-c"}
     finally:
         await other.stop()
+
+
+# -- a project's own holders in a shared pool ---------------------------------------------
+
+HOLDER_OPS = st.tuples(
+    st.sampled_from(["ensure", "release", "crash", "bind"]),
+    st.integers(0, 1),  # replica
+    st.sampled_from(["o.a", "o.b", "o.c"]),
+    st.sampled_from(["eip/x", "fip/y", "svc/z", "default-gw"]),
+    st.integers(2, 14),  # the address of a crashed claim
+)
+
+
+@settings(deadline=None, max_examples=60)
+@given(st.lists(HOLDER_OPS, min_size=1, max_size=25))
+def test_a_projects_holders_in_a_shared_pool_are_exactly_what_a_full_scan_finds(
+    ops: list[tuple[str, int, str, str, int]],
+) -> None:
+    """The per-project index the sweep uses instead of scanning the whole external pool
+    (bench/) names the same holders, addresses, strays and bindings as the scan, on every
+    replica, through allocations, releases, moves and what a crash left behind (a claim
+    without its binding, a binding without its address key)."""
+    space = pool("10.9.0.0/28", "10.9.0.1")
+
+    async def scenario() -> None:
+        kv = FakeKV()
+        books = [await started(kv, 0.0), await started(kv, 0.0)]
+        try:
+            for kind, replica, key, member, n in ops:
+                holder = f"project/{key}/{member}"
+                if kind == "ensure":
+                    with contextlib.suppress(AllocationError):
+                        await books[replica].ensure(space, holder)
+                elif kind == "release":
+                    await books[replica].release(space, holder)
+                elif kind == "bind":  # a binding a crash left without its address key
+                    if books[replica].binding(space.prefix, holder) is None:
+                        bound = Binding(ip=f"10.9.0.{n}").model_dump_json().encode()
+                        await kv.put(binding_key(space.prefix, holder), bound)
+                elif ip(f"10.9.0.{n}") not in books[replica].slots(space.prefix):
+                    await crashed_claim(kv, f"{space.prefix}.10.9.0.{n}", holder, 1.0)
+                await kv.settle()
+            for book in books:
+                # every holder with an address key (held or quarantined) or a binding
+                slots = book.slots(space.prefix)
+                everyone = {s.holder for s in slots.values()} | set(book.bindings(space.prefix))
+                for key in ("o.a", "o.b", "o.c"):
+                    ours = book.project_holders(space.prefix, key)
+                    assert ours == {h for h in everyone if h.startswith(f"project/{key}/")}
+                    held = book.held(space.prefix, ours)
+                    assert set(held) == {h for h in book.held(space.prefix) if h in ours}
+                    for h, a in held.items():  # one of its held addresses (a stray: several)
+                        assert slots[a].holder == h and slots[a].held
+                    assert sorted(book.strays(space.prefix, ours)) == sorted(
+                        s for s in book.strays(space.prefix) if s[0] in ours
+                    )
+                    assert book.bindings(space.prefix, ours) == {
+                        h: b for h, b in book.bindings(space.prefix).items() if h in ours
+                    }
+        finally:
+            for b in books:
+                await b.stop()
+
+    asyncio.run(scenario())

@@ -780,27 +780,31 @@ class IpamReconciler:
         prefix = tuple(f"project/{ctx.key}/{k}/" for k in ("eip", "fip", "svc"))  # members' holders
         spaces += [(pool, eips) for pool in self.policy.pools.values()]
         for space, wanted in spaces:
-            slots = self.book.slots(space.prefix)
-            for holder, ip in self.book.held(space.prefix).items():
+            # a shared external pool: only this project's holders (the pool holds every one's)
+            ours = (
+                None if space.kind == "subnet" else self.book.project_holders(space.prefix, ctx.key)
+            )
+            for holder, ip in self.book.held(space.prefix, ours).items():
                 if space.kind == "pool" and not holder.startswith(prefix):
                     continue
                 if holder in wanted:
                     continue
-                slot = slots.get(ip)
+                slot = self.book.slot(space.prefix, ip)
                 if holder not in tombstoned and slot is not None and now - slot.at < SWEEP_GRACE:
                     due = min(due, slot.at + SWEEP_GRACE)
                     continue  # maybe a member another replica just recorded
                 await self.book.release(space, holder)
                 if holder not in tombstoned:
                     out.swept.append(f"{holder}={ip}")
-            for holder, ip, slot in self.book.strays(space.prefix):
+            for holder, ip, slot in self.book.strays(space.prefix, ours):
                 mine = space.kind == "subnet" or holder.startswith(prefix)
                 if mine and now - slot.at >= SWEEP_GRACE:  # else maybe a claim in flight
                     await self.book.release_stray(space, holder, ip)
                     out.swept.append(f"{holder}={ip}")
                 elif mine:
                     due = min(due, slot.at + SWEEP_GRACE)
-            for holder in set(self.book.bindings(space.prefix)) - set(self.book.held(space.prefix)):
+            bound, held = self.book.bindings(space.prefix, ours), self.book.held(space.prefix, ours)
+            for holder in set(bound) - set(held):
                 if holder not in wanted and (space.kind == "subnet" or holder.startswith(prefix)):
                     await self.book.release(space, holder)  # a binding left by a crash
         return due
@@ -836,13 +840,14 @@ class IpamReconciler:
         ns_key = namespace_key(names.namespace(ctx.organization, ctx.project))
         subnet_prefix = f"subnet.{ctx.key}"
         prefix = f"project/{ctx.key}/"
-        held = [
-            (pool, h)
-            for pool in self.policy.pools.values()
-            for h in set(self.book.held(pool.prefix)) | set(self.book.bindings(pool.prefix))
-            if h.startswith(prefix)
-        ]
-        has_subnet = subnet_prefix in self.book.spaces()
+        held: list[tuple[Pool, str]] = []
+        for pool in self.policy.pools.values():
+            ours = self.book.project_holders(pool.prefix, ctx.key)  # not the whole pool's
+            mine = set(self.book.held(pool.prefix, ours)) | set(
+                self.book.bindings(pool.prefix, ours)
+            )
+            held += [(pool, h) for h in sorted(mine) if h.startswith(prefix)]
+        has_subnet = self.book.has_space(subnet_prefix)
         if not held and not has_subnet and self.book.claim_of(ns_key) != ctx.key:
             return Result("Deleted", "Released")
         if ctx.record is not None:
