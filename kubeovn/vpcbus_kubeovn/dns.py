@@ -15,6 +15,7 @@ from vpcbus_kubeovn.nat import service_eip_ref
 from vpcbus_kubeovn.vpc import subnet_name, vpc_name
 from vpcbus_proto.members import LbServiceSpec
 from vpcbus_proto.projects import ProjectSpec
+from vpcbus_proto.status import AddressFacts
 
 OWNER = "dns"
 
@@ -37,38 +38,58 @@ def ext_name(service: str) -> str:
 def ext_service(spec: ProjectSpec, svc: LbServiceSpec, ingress_ip: str) -> list[Manifest]:
     """The headless ``<svc>-ext`` Service (no selector, ``clusterIP: None``) and its
     ``Endpoints`` at ``ingress_ip`` with the service's external ports."""
-    name = ext_name(svc.name)
-    ports = sorted(svc.ports, key=lambda p: (p.protocol, p.port))
+    return _ext_pair(spec, svc.name, [(p.port, p.protocol) for p in svc.ports], ingress_ip)
+
+
+def _ext_pair(
+    spec: ProjectSpec, service: str, ports: Sequence[tuple[int, str]], ingress_ip: str
+) -> list[Manifest]:
+    """``<service>-ext``'s Service and Endpoints with ``ports`` (port, protocol)."""
+    name = ext_name(service)
+    ordered = sorted(set(ports), key=lambda p: (p[1], p[0]))
     own = labels(spec.organization, spec.name, OWNER)
     meta = {"name": name, "namespace": spec.namespace, "labels": own}
-    port_names = {(p.port, p.protocol): f"{p.protocol.lower()}-{p.port}" for p in ports}
-    service: Manifest = {
+    entries = [
+        {"name": f"{protocol.lower()}-{port}", "port": port, "protocol": protocol}
+        for port, protocol in ordered
+    ]
+    service_obj: Manifest = {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {**meta, "labels": dict(own)},
-        "spec": {
-            "clusterIP": "None",
-            "ports": [
-                {"name": port_names[p.port, p.protocol], "port": p.port, "protocol": p.protocol}
-                for p in ports
-            ],
-        },
+        "spec": {"clusterIP": "None", "ports": [dict(e) for e in entries]},
     }
     endpoints: Manifest = {
         "apiVersion": "v1",
         "kind": "Endpoints",
         "metadata": {**meta, "labels": dict(own)},
-        "subsets": [
-            {
-                "addresses": [{"ip": ingress_ip}],
-                "ports": [
-                    {"name": port_names[p.port, p.protocol], "port": p.port, "protocol": p.protocol}
-                    for p in ports
-                ],
-            }
-        ],
+        "subsets": [{"addresses": [{"ip": ingress_ip}], "ports": [dict(e) for e in entries]}],
     }
-    return [service, endpoints]
+    return [service_obj, endpoints]
+
+
+def published(facts: AddressFacts) -> list[tuple[str, str, list[tuple[int, str]]]]:
+    """(service, ingress IP, ready ports) of every ready LoadBalancer service in IPAM's
+    facts that has an ingress IP and a valid ``-ext`` name, by name: what gets a
+    ``<svc>-ext`` (the OVN backend's ``service-ext`` names, on the same rule)."""
+    out = []
+    for svc in sorted(facts.services, key=lambda s: s.name):
+        if not (svc.ready and svc.ingress_ip and is_service_name(f"{svc.name}-ext")):
+            continue
+        out.append((svc.name, svc.ingress_ip, [(p.port, p.protocol) for p in svc.ports if p.ready]))
+    return out
+
+
+def from_facts(spec: ProjectSpec, facts: AddressFacts) -> list[Manifest]:
+    """The DNS service's slice from IPAM's status: ``VpcDns``, then the ``<svc>-ext``
+    Services, then their Endpoints (apply order), for :func:`published` services."""
+    pairs: list[Manifest] = []
+    for service, ip, ports in published(facts):
+        pairs += _ext_pair(spec, service, ports, ip)
+    out = [vpc_dns(spec)]
+    out += [m for m in pairs if m["kind"] == "Service"]
+    out += [m for m in pairs if m["kind"] == "Endpoints"]
+    return out
 
 
 def manifests(

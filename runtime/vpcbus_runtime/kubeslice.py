@@ -36,6 +36,8 @@ class Slice:
     field_manager: str
     #: How soon a project waiting on Kubernetes (a finalizer) is looked at again.
     requeue_after: float = 2.0
+    #: The audit's drift rule (stored, desired) -> differs; the default compares ``spec``.
+    differs: Callable[[Object, Object], bool] | None = None
 
     def selector(self, key: str | None = None) -> str:
         terms = [f"{name}={value}" for name, value in self.labels.items()]
@@ -65,7 +67,7 @@ class Slice:
             for obj in await self.listed(kind, key):
                 name = obj["metadata"]["name"]
                 if (kind, name) not in keep:
-                    await self.kube.delete(self.api_version, kind, name)
+                    await self.kube.delete(self.api_version, kind, name, _namespace(obj))
                     log.info("pruned", kind=kind, name=name, project=key)
         return stored
 
@@ -97,7 +99,8 @@ class Slice:
         after its delete, ``Deleted`` once nothing is left ("already gone" is success)."""
         for kind in self.kinds:
             for obj in await self.listed(kind, key):
-                await self.kube.delete(self.api_version, kind, obj["metadata"]["name"])
+                name = obj["metadata"]["name"]
+                await self.kube.delete(self.api_version, kind, name, _namespace(obj))
             left = await self.listed(kind, key)
             if left:
                 names = ", ".join(o["metadata"]["name"] for o in left)
@@ -127,7 +130,17 @@ class Slice:
             found = have.pop(ident, None)
             if found is None:
                 out.append(finding("missing", "/".join(ident)))
-            elif found.get("spec") != m["spec"]:
+            elif (self.differs or _spec_differs)(found, m):
                 out.append(finding("drifted", "/".join(ident), "spec differs"))
         out += [finding("extra", f"{k}/{n}") for k, n in have]
         return out
+
+
+def _spec_differs(stored: Object, want: Object) -> bool:
+    return bool(stored.get("spec") != want["spec"])
+
+
+def _namespace(obj: Object) -> str | None:
+    """A namespaced object's namespace (None for a cluster-scoped one)."""
+    ns: str | None = obj["metadata"].get("namespace")
+    return ns

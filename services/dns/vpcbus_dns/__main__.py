@@ -8,10 +8,13 @@ import os
 from nats.js import JetStreamContext
 
 from vpcbus_dns import ovn
+from vpcbus_dns.kube import KubeDnsReconciler
 from vpcbus_dns.reconciler import DnsReconciler
 from vpcbus_runtime import service
+from vpcbus_runtime.errors import PermanentError
+from vpcbus_runtime.kube import KubeClient
 from vpcbus_runtime.ovn import NbSession
-from vpcbus_runtime.settings import Settings
+from vpcbus_runtime.settings import Settings, backend_from_env
 
 
 def upstream_from_env() -> tuple[str, ...]:
@@ -28,12 +31,18 @@ def upstream_from_env() -> tuple[str, ...]:
     return tuple(out)
 
 
-async def build(settings: Settings, _js: JetStreamContext) -> DnsReconciler:
+async def build(settings: Settings, _js: JetStreamContext) -> DnsReconciler | KubeDnsReconciler:
+    if backend_from_env() == "kube-ovn":
+        try:
+            return KubeDnsReconciler(KubeClient.from_config())
+        except PermanentError as exc:
+            raise SystemExit(f"VPCBUS_BACKEND=kube-ovn: {exc}") from None
     nb = NbSession(settings.ovn_nb_db, tables=ovn.TABLES)
     return DnsReconciler(nb, upstream=upstream_from_env())
 
 
 def main() -> None:
+    backend_from_env()  # a bad value stops the service before it connects to anything
     service.main("dns", build)
 
 

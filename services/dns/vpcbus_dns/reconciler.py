@@ -22,6 +22,31 @@ from vpcbus_runtime.ovn import NbSession
 from vpcbus_runtime.reconciling import Context, ProjectEndpoint, Result
 
 
+async def ipam_facts(ctx: Context) -> AddressFacts | None:
+    """IPAM's facts for the project's current generation; None until it has them."""
+    ipam = await ctx.peers.status("ipam", ctx.organization, ctx.project)
+    generation = ctx.record.generation if ctx.record is not None else -1
+    if ipam is None or ipam.generation != generation:
+        return None
+    return ipam.addresses
+
+
+async def peers_ready(ctx: Context, generation: int) -> AddressFacts | Result:
+    """IPAM's facts once VPC is Ready at the record's ``generation``; else the Pending
+    result that says what DNS waits for (shared by both backends)."""
+    vpc = await ctx.peers.status("vpc", ctx.organization, ctx.project)
+    if vpc is None or vpc.generation != generation or vpc.state != "Ready":
+        detail = f"{vpc.state} {vpc.reason}" if vpc else "no status yet"
+        return Result("Pending", "WaitingForVpc", f"vpc: {detail}")
+    facts = await ipam_facts(ctx)
+    if facts is None:
+        # VPC is Ready, so IPAM was; until it reports addresses again, keep the zone
+        ipam = await ctx.peers.status("ipam", ctx.organization, ctx.project)
+        detail = f"{ipam.state} {ipam.reason}" if ipam else "no status yet"
+        return Result("Pending", "WaitingForIpam", f"ipam: {detail}")
+    return facts
+
+
 class DnsReconciler:
     watches: Sequence[ServiceName] = ("ipam", "vpc")
     purge_after: Sequence[ServiceName] = ("vpc",)
@@ -49,16 +74,9 @@ class DnsReconciler:
         if record is None or record.spec is None:
             await self.nb.transact(lambda api, txn: ovn.teardown_zone(api, txn, ctx.key))
             return Result("Deleted", "TornDown")
-        vpc = await ctx.peers.status("vpc", ctx.organization, ctx.project)
-        if vpc is None or vpc.generation != record.generation or vpc.state != "Ready":
-            detail = f"{vpc.state} {vpc.reason}" if vpc else "no status yet"
-            return Result("Pending", "WaitingForVpc", f"vpc: {detail}")
-        facts = await self._facts(ctx)
-        if facts is None:
-            # VPC is Ready, so IPAM was; until it reports addresses again, keep the zone
-            ipam = await ctx.peers.status("ipam", ctx.organization, ctx.project)
-            detail = f"{ipam.state} {ipam.reason}" if ipam else "no status yet"
-            return Result("Pending", "WaitingForIpam", f"ipam: {detail}")
+        facts = await peers_ready(ctx, record.generation)
+        if isinstance(facts, Result):
+            return facts
         want = self._desired(ctx, facts)
         adopt = ctx.key in self._strays
         objects = await self.nb.transact(
@@ -73,12 +91,7 @@ class DnsReconciler:
         return Result("Ready", "Reconciled", message, objects=objects, resolver=want.resolver)
 
     async def _facts(self, ctx: Context) -> AddressFacts | None:
-        """IPAM's facts for the project's current generation; None until it has them."""
-        ipam = await ctx.peers.status("ipam", ctx.organization, ctx.project)
-        generation = ctx.record.generation if ctx.record is not None else -1
-        if ipam is None or ipam.generation != generation:
-            return None
-        return ipam.addresses
+        return await ipam_facts(ctx)
 
     def _desired(self, ctx: Context, facts: AddressFacts) -> desired.DesiredZone:
         assert ctx.record is not None and ctx.record.spec is not None
