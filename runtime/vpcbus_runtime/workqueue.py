@@ -60,6 +60,7 @@ class WorkQueue(Generic[T]):
         self._front: deque[str] = deque()
         self._back: deque[str] = deque()
         self._idle: set[asyncio.Future[None]] = set()  # workers waiting for something to run
+        self._drain_waiters: set[asyncio.Future[None]] = set()  # see drained()
         self._background_limit = max(1, workers // 4)
         self._background_running = 0
         self._keys: dict[str, _KeyState[T]] = {}
@@ -81,6 +82,24 @@ class WorkQueue(Generic[T]):
 
     def __len__(self) -> int:
         return sum(1 for state in self._keys.values() if state.queued or state.paced)
+
+    def background(self) -> int:
+        """Keys waiting in the background lane or running from it."""
+        queued = sum(1 for state in self._keys.values() if state.queued and state.background)
+        return queued + self._background_running
+
+    async def drained(self) -> None:
+        """Return once no background work is queued or running."""
+        while self.background():
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._drain_waiters.add(fut)
+            await fut
+
+    def _wake_drain_waiters(self) -> None:
+        for fut in self._drain_waiters:
+            if not fut.done():
+                fut.set_result(None)
+        self._drain_waiters.clear()
 
     def pending(self, key: str) -> bool:
         """``key`` is waiting to run, running, or due to run again after a delay."""
@@ -111,6 +130,7 @@ class WorkQueue(Generic[T]):
         elif state.background and not background:  # promote; the back entry is skipped
             state.background = False
             self._push(key, background=False)
+            self._wake_drain_waiters()
 
     def _push(self, key: str, *, background: bool) -> None:
         (self._back if background else self._front).append(key)
@@ -217,6 +237,7 @@ class WorkQueue(Generic[T]):
                 if background:
                     self._background_running -= 1
                     self._poke()
+                    self._wake_drain_waiters()
                 state.running = False
                 ended = asyncio.get_running_loop().time()
                 state.resume = ended + min(self._pace * (ended - started), self._max_pause)

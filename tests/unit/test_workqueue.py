@@ -283,9 +283,11 @@ async def test_background_keys_wait_for_every_front_key(handler: Recorder) -> No
             q.add(key, background=True)
         q.add("event1")
         q.add("event2")
+        assert q.background() == 3  # what a resync waits for before its next period
         handler.gate("busy").set()
         await idle(q, handler)
         assert handler.runs == ["busy", "event1", "event2", "r1", "r2", "r3"]
+        assert q.background() == 0
     finally:
         await q.stop()
 
@@ -305,6 +307,7 @@ async def test_a_background_key_added_again_moves_to_the_front_and_runs_once(
         q.add("r1", background=True)  # coalesced: still queued once
         await asyncio.sleep(0)
         assert len(q) == 3
+        assert q.background() == 2  # r3 is front-lane work now
         handler.gate("busy").set()
         assert await asyncio.wait_for(waiter, SOON) == 1
         await idle(q, handler)
@@ -323,11 +326,15 @@ async def test_background_work_leaves_most_workers_to_the_front_lane(handler: Re
         await asyncio.wait_for(handler.began("r1").wait(), SOON)
         await asyncio.sleep(0.05)
         assert handler.runs == ["r1"]  # r2 and r3 wait although three workers are idle
+        assert q.background() == 3  # one running, two queued
+        drained = asyncio.create_task(q.drained())
         assert await asyncio.wait_for(q.run_now("event"), SOON) == 1  # served meanwhile
+        assert not drained.done()
         for key in ("r1", "r2", "r3"):
             handler.gate(key).set()
         await idle(q, handler)
         assert handler.runs == ["r1", "event", "r2", "r3"]
+        await asyncio.wait_for(drained, SOON)  # what the next resync waits for
         assert handler.max_concurrent == 2
     finally:
         await q.stop()
