@@ -5,6 +5,7 @@ Pure functions; used by :mod:`.projects`, the services' desired-state builders a
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Annotated
 
@@ -92,3 +93,17 @@ def service_fqdn(namespace: str, service: str) -> str:
 def service_ext_fqdn(namespace: str, service: str) -> str:
     """Its external name (the EIP it is reachable on), Kube-DC's ``<svc>-ext`` service."""
     return f"{service}-ext.{zone(namespace)}"
+
+
+def service_eip_name(project_key: str, service: str) -> str:
+    """``slb-<service>-<5 chars>``, Kube-DC's name for a LoadBalancer service's own EIP (stable
+    suffix). IPAM allocates it; NAT's Kube-OVN backend recognises it by this name."""
+    digest = hashlib.sha256(f"{project_key}/svc/{service}".encode()).hexdigest()
+    return f"slb-{service}-{digest[:5]}"
+
+
+def fip_eip_name(project_key: str, fip: str) -> str:
+    """The name of a FIP's own EIP, ``fip-<fip>-<5 chars>`` as Kube-DC names it; the suffix
+    is derived from the project and FIP (stable across replicas and restarts), not random."""
+    digest = hashlib.sha256(f"{project_key}/{fip}".encode()).hexdigest()
+    return f"fip-{fip}-{digest[:5]}"

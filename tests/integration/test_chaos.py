@@ -71,14 +71,7 @@ from vpcbus.client import Client, Statuses, member_at
 from vpcbus.embedded import procs
 from vpcbus.embedded.natsd import NatsServer, free_port
 from vpcbus.embedded.ovn import OvnCentral
-from vpcbus_ipam.reconciler import (
-    eip_holder,
-    fip_eip_name,
-    fip_holder,
-    gateway_holder,
-    service_eip_name,
-    service_holder,
-)
+from vpcbus_ipam.reconciler import eip_holder, fip_holder, gateway_holder, service_holder
 from vpcbus_proto import events, names, permissions, subjects
 from vpcbus_proto.members import (
     EipRef,
@@ -592,9 +585,9 @@ def member_problems(st: ServiceStatus, want: Expected, project: str) -> list[str
     eips = {e.name for e in facts.eips}
     want_eips = {"default-gw"} | {m.split(".", 1)[1] for m in members if m.startswith("eip.")}
     key = names.project_key(ORG, project)
-    want_eips |= {fip_eip_name(key, m.split(".", 1)[1]) for m in members if m.startswith("fip.")}
+    want_eips |= {names.fip_eip_name(key, m.split(".", 1)[1]) for m in members if m.startswith("fip.")}
     if "service.s-own" in members:
-        want_eips.add(service_eip_name(key, "s-own"))
+        want_eips.add(names.service_eip_name(key, "s-own"))
     if eips != want_eips:
         problems.append(f"{project}: EIPs {sorted(eips)}, want {sorted(want_eips)}")
     for svc in facts.services:

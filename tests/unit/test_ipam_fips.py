@@ -21,8 +21,9 @@ from tests.unit.test_ipam_reconciler import (
     removed,
     states,
 )
-from vpcbus_ipam.reconciler import IpamReconciler, fip_eip_name, fip_holder
+from vpcbus_ipam.reconciler import IpamReconciler, fip_holder
 from vpcbus_proto.members import FipSpec
+from vpcbus_proto.names import fip_eip_name
 from vpcbus_proto.status import FloatingIp
 from vpcbus_runtime.members import MemberRecord
 from vpcbus_runtime.reconciling import Result

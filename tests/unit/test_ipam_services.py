@@ -12,8 +12,9 @@ from tests.unit.fakes import FakeKV
 from tests.unit.ipam_fixtures import check_store
 from tests.unit.test_ipam_fips import eips, fip
 from tests.unit.test_ipam_reconciler import POOLS, ctx, eip, ipam, nic, record, states
-from vpcbus_ipam.reconciler import IpamReconciler, service_eip_name, service_holder
+from vpcbus_ipam.reconciler import IpamReconciler, service_holder
 from vpcbus_proto.members import LbServiceSpec
+from vpcbus_proto.names import service_eip_name
 from vpcbus_proto.status import LoadBalancer
 from vpcbus_runtime.members import MemberRecord
 from vpcbus_runtime.reconciling import Result

@@ -34,6 +34,7 @@ from vpcbus_proto.members import (
     WorkloadSpec,
     parse_member,
 )
+from vpcbus_proto.names import fip_eip_name, service_eip_name
 from vpcbus_proto.projects import ProjectSpec
 from vpcbus_proto.status import (
     AddressFacts,
@@ -92,19 +93,6 @@ def fip_holder(project_key: str, name: str) -> str:
 def service_holder(project_key: str, name: str) -> str:
     """The holder of the EIP a LoadBalancer service allocated for itself."""
     return f"project/{project_key}/svc/{name}"
-
-
-def service_eip_name(project_key: str, service: str) -> str:
-    """``slb-<service>-<5 chars>``, Kube-DC's name for a service's own EIP (stable suffix)."""
-    digest = hashlib.sha256(f"{project_key}/svc/{service}".encode()).hexdigest()
-    return f"slb-{service}-{digest[:5]}"
-
-
-def fip_eip_name(project_key: str, fip: str) -> str:
-    """The name of a FIP's own EIP, ``fip-<fip>-<5 chars>`` as Kube-DC names it; the suffix
-    is derived from the project and FIP (stable across replicas and restarts), not random."""
-    digest = hashlib.sha256(f"{project_key}/{fip}".encode()).hexdigest()
-    return f"fip-{fip}-{digest[:5]}"
 
 
 def workload_mac(namespace: str, holder: str) -> str:
