@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 from vpcbus_proto import names
+from vpcbus_proto.projects import ProjectSpec
 
 #: Group/version of every Kube-OVN kind we emit (all cluster-scoped).
 KUBEOVN = "kubeovn.io/v1"
@@ -37,8 +38,22 @@ DELETION_ORDER: tuple[str, ...] = (
     "Vpc",
 )
 
-#: Apply order: the reverse, so every object's references exist before it does.
-APPLY_ORDER: tuple[str, ...] = tuple(reversed(DELETION_ORDER))
+#: Apply order: every object's references exist before it does, and the OvnEips come
+#: first: Kube-OVN makes a Vpc's external port from the ``lrp`` OvnEip ``<vpc>-<external
+#: subnet>`` when one exists and otherwise creates that OvnEip itself, with an address of its
+#: own IPAM (and an OvnEip's spec cannot change once it is ready). Deletion is the reverse,
+#: except that OvnEips go before the VPC DNS, Subnet and Vpc (they are held by NAT rules only).
+APPLY_ORDER: tuple[str, ...] = (
+    "OvnEip",
+    "Vpc",
+    "Subnet",
+    "VpcDns",
+    "OvnSnatRule",
+    "OvnDnatRule",
+    "OvnFip",
+    "Service",
+    "Endpoints",
+)
 
 Manifest = dict[str, Any]
 
@@ -75,6 +90,24 @@ def kubeovn(kind: str, name: str, owner_labels: dict[str, str], spec: dict[str, 
         "metadata": {"name": name, "labels": dict(owner_labels)},
         "spec": spec,
     }
+
+
+def ovn_eip(
+    spec: ProjectSpec,
+    name: str,
+    network: str,
+    owner: str,
+    *,
+    kind: str = "nat",
+    v4_ip: str | None = None,
+) -> Manifest:
+    """One ``OvnEip`` on external subnet ``ext-<network>``, ``externalSubnet`` always explicit
+    (Kube-OVN's webhook and controller resolve an empty one differently) and ``v4Ip`` pinned
+    when known (vpcbus' IPAM allocates EIPs; without it Kube-OVN's IPAM picks one)."""
+    body = {"externalSubnet": names.external_switch(network), "type": kind}
+    if v4_ip:
+        body["v4Ip"] = v4_ip
+    return kubeovn("OvnEip", name, labels(spec.organization, spec.name, owner), body)
 
 
 def apply_sorted(manifests: list[Manifest]) -> list[Manifest]:

@@ -3,11 +3,10 @@ OVN-native NAT kinds (``OvnEip``, ``OvnSnatRule``, ``OvnFip``, ``OvnDnatRule``),
 uses them. Names (``N`` the backing namespace; the Kubernetes bridge reports the same ones as
 ``ovnEIpRef`` and ``ovnFip``):
 
-* ``OvnEip`` ``N-ext-<network>``: the default gateway EIP (``default-gw``), type ``lrp``: it
-  is the VPC router's external port, which Kube-OVN also derives from the Vpc's
-  ``extraExternalSubnets`` under this very name; declaring it lets us pin its address;
 * ``OvnEip`` ``N-eip-<name>``: a user EIP; ``N-fip-<name>``: a FIP's own EIP;
-  ``N-slb-<name>``: a LoadBalancer service's own EIP (all type ``nat``);
+  ``N-slb-<name>``: a LoadBalancer service's own EIP (all type ``nat``). The default gateway's
+  ``lrp`` OvnEip ``N-ext-<network>`` is the router's external port and belongs to the VPC
+  slice (:func:`vpcbus_kubeovn.vpc.gateway_eip`);
 * ``OvnSnatRule`` ``N``: the whole project subnet to the default gateway EIP;
 * ``OvnFip`` ``N-fip-<name>``: 1:1 NAT of an EIP to one address of the subnet;
 * ``OvnDnatRule`` ``N-svc-<service>-<protocol>-<port>``: one per LoadBalancer port.
@@ -20,27 +19,29 @@ exactly such a load balancer on the VPC router. Kube-OVN's other candidates do n
 NAT-gateway pod. The limit: an ``OvnDnatRule`` has one backend, so a service with several
 endpoints is rendered to its lowest endpoint address (the OVN backend spreads over all).
 
-Addresses: an OvnEip without ``v4Ip`` gets one from Kube-OVN's IPAM. vpcbus' IPAM allocates
-EIPs itself, so a caller that knows them passes ``addresses`` (OvnEip name -> IPv4) and each
-known address is pinned in ``spec.v4Ip``.
+Two entry points: :func:`manifests` renders members as a user wrote them (``vpcbus render``;
+addresses known only when passed in ``addresses``, OvnEip name -> IPv4), and
+:func:`from_facts` what the NAT service applies, from IPAM's resolved facts: only EIPs with
+an address (each pinned in ``spec.v4Ip``: an OvnEip without one would take an address from
+Kube-OVN's IPAM that vpcbus' IPAM may hand to someone else), only ready FIPs and ready ports,
+targets as ``vpc`` + ``v4Ip`` (the address IPAM resolved, also for a VM's interface).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from vpcbus_kubeovn import meta
 from vpcbus_kubeovn.meta import Manifest, apply_sorted, kubeovn, labels
-from vpcbus_kubeovn.vpc import subnet_name, vpc_name
+from vpcbus_kubeovn.vpc import gateway_eip_name, subnet_name, vpc_name
 from vpcbus_proto import names
 from vpcbus_proto.members import DEFAULT_INTERFACE, EipSpec, FipSpec, LbServiceSpec
 from vpcbus_proto.projects import ProjectSpec
+from vpcbus_proto.status import AddressFacts, PortState
 
 OWNER = "nat"
-
-
-def gateway_eip_name(namespace: str, network: str) -> str:
-    """``<ns>-ext-<network>``: the default gateway's OvnEip, as Kube-DC names it."""
-    return f"{namespace}-ext-{network}"
+#: IPAM's name for the project's default gateway EIP.
+GATEWAY_EIP = "default-gw"
 
 
 def eip_name(namespace: str, eip: str) -> str:
@@ -63,21 +64,9 @@ def dnat_name(namespace: str, service: str, protocol: str, port: int) -> str:
     return f"{namespace}-svc-{service}-{protocol.lower()}-{port}"
 
 
-def ovn_eip(
-    spec: ProjectSpec, name: str, network: str, *, kind: str = "nat", v4_ip: str | None = None
-) -> Manifest:
-    """One ``OvnEip`` on external subnet ``ext-<network>`` (always explicit: Kube-OVN's
-    webhook and controller resolve an empty one differently)."""
-    body = {"externalSubnet": names.external_switch(network), "type": kind}
-    if v4_ip:
-        body["v4Ip"] = v4_ip
-    return kubeovn("OvnEip", name, labels(spec.organization, spec.name, OWNER), body)
-
-
-def gateway_eip(spec: ProjectSpec, *, v4_ip: str | None = None) -> Manifest:
-    """The default gateway's ``OvnEip`` ``N-ext-<egressNetworkType>`` (type ``lrp``)."""
-    name = gateway_eip_name(spec.namespace, spec.egress_network_type)
-    return ovn_eip(spec, name, spec.egress_network_type, kind="lrp", v4_ip=v4_ip)
+def ovn_eip(spec: ProjectSpec, name: str, network: str, *, v4_ip: str | None = None) -> Manifest:
+    """One type ``nat`` ``OvnEip`` of this slice."""
+    return meta.ovn_eip(spec, name, network, OWNER, v4_ip=v4_ip)
 
 
 def snat(spec: ProjectSpec) -> Manifest:
@@ -118,17 +107,22 @@ def fip(
         eip_ref = fip_name(ns, f.name)
         net = _network(spec, f.external_network_type)
         out.append(ovn_eip(spec, eip_ref, net, v4_ip=(addresses or {}).get(eip_ref)))
-    body = {"ovnEip": eip_ref}
     if f.vm_target is not None:
         iface = f.vm_target.interface_name or DEFAULT_INTERFACE
-        body["ipName"] = names.workload_port(ns, f.vm_target.vm_name, iface)
+        target = {"ipName": names.workload_port(ns, f.vm_target.vm_name, iface)}
     else:
         assert f.ip_address is not None  # FipSpec: one of the two
-        body |= {"vpc": vpc_name(spec), "v4Ip": f.ip_address}
-    out.append(
-        kubeovn("OvnFip", fip_name(ns, f.name), labels(spec.organization, spec.name, OWNER), body)
-    )
+        target = {"vpc": vpc_name(spec), "v4Ip": f.ip_address}
+    out.append(fip_rule(spec, f.name, eip_ref, target))
     return out
+
+
+def fip_rule(spec: ProjectSpec, name: str, eip_ref: str, target: dict[str, str]) -> Manifest:
+    """``OvnFip`` ``N-fip-<name>``: OvnEip ``eip_ref`` 1:1 to ``target`` (``ipName``, or
+    ``vpc`` + ``v4Ip``)."""
+    body = {"ovnEip": eip_ref, **target}
+    owner = labels(spec.organization, spec.name, OWNER)
+    return kubeovn("OvnFip", fip_name(spec.namespace, name), owner, body)
 
 
 def service_eip_ref(spec: ProjectSpec, svc: LbServiceSpec) -> str:
@@ -156,21 +150,39 @@ def service(
     if svc.vm_selector is not None:
         target = {"ipName": names.workload_port(ns, svc.vm_selector, DEFAULT_INTERFACE)}
     elif svc.endpoints:
-        lowest = min(svc.endpoints, key=lambda e: tuple(int(o) for o in e.split(".")))
-        target = {"vpc": vpc_name(spec), "v4Ip": lowest}
+        target = {"vpc": vpc_name(spec), "v4Ip": _lowest(svc.endpoints)}
     else:
         return out
-    for p in sorted(svc.ports, key=lambda p: (p.protocol, p.port)):
+    ports = [(p.protocol, p.port, p.target_port) for p in svc.ports]
+    return out + dnat_rules(spec, svc.name, ref, ports, target)
+
+
+def dnat_rules(
+    spec: ProjectSpec,
+    service_name: str,
+    eip_ref: str,
+    ports: Sequence[tuple[str, int, int]],
+    target: dict[str, str],
+) -> list[Manifest]:
+    """One ``OvnDnatRule`` per ``(protocol, port, target port)``, ordered by protocol and port:
+    OvnEip ``eip_ref``'s port to ``target``'s (``ipName``, or ``vpc`` + ``v4Ip``)."""
+    out = []
+    owner = labels(spec.organization, spec.name, OWNER)
+    for protocol, port, target_port in sorted(ports):
         body = {
-            "ovnEip": ref,
-            "protocol": p.protocol.lower(),
-            "externalPort": str(p.port),
-            "internalPort": str(p.target_port),
+            "ovnEip": eip_ref,
+            "protocol": protocol.lower(),
+            "externalPort": str(port),
+            "internalPort": str(target_port),
             **target,
         }
-        name = dnat_name(ns, svc.name, p.protocol, p.port)
-        out.append(kubeovn("OvnDnatRule", name, labels(spec.organization, spec.name, OWNER), body))
+        name = dnat_name(spec.namespace, service_name, protocol, port)
+        out.append(kubeovn("OvnDnatRule", name, owner, body))
     return out
+
+
+def _lowest(addresses: Sequence[str]) -> str:
+    return min(addresses, key=lambda e: tuple(int(o) for o in e.split(".")))
 
 
 def manifests(
@@ -181,14 +193,57 @@ def manifests(
     services: Sequence[LbServiceSpec] = (),
     addresses: Mapping[str, str] | None = None,
 ) -> list[Manifest]:
-    """The NAT service's slice: OvnEips, then the SNAT, FIP and DNAT rules that use them."""
-    ns = spec.namespace
-    gw = gateway_eip_name(ns, spec.egress_network_type)
-    out = [gateway_eip(spec, v4_ip=(addresses or {}).get(gw))]
-    out += [user_eip(spec, e, addresses=addresses) for e in sorted(eips, key=lambda e: e.name)]
+    """The NAT slice of members as written: OvnEips, then the SNAT, FIP and DNAT rules that
+    use them (the gateway's OvnEip is the VPC slice's)."""
+    out = [user_eip(spec, e, addresses=addresses) for e in sorted(eips, key=lambda e: e.name)]
     out.append(snat(spec))
     for f in sorted(fips, key=lambda f: f.name):
         out += fip(spec, f, addresses=addresses)
     for s in sorted(services, key=lambda s: s.name):
         out += service(spec, s, addresses=addresses)
     return apply_sorted(out)
+
+
+def ovn_eip_names(spec: ProjectSpec, facts: AddressFacts) -> dict[str, str]:
+    """IPAM's EIP name -> the OvnEip behind it: ``default-gw`` -> ``N-ext-<network>``, a
+    FIP's own EIP -> ``N-fip-<fip>``, a service's own -> ``N-slb-<service>`` (recognised by
+    the names IPAM gives them, :func:`vpcbus_proto.names.fip_eip_name`), any other (a user
+    EIP) -> ``N-eip-<name>``."""
+    ns, key = spec.namespace, spec.key
+    out = {e.name: eip_name(ns, e.name) for e in facts.eips}
+    out[GATEWAY_EIP] = gateway_eip_name(ns, spec.egress_network_type)
+    for f in facts.fips:
+        if f.eip == names.fip_eip_name(key, f.name):
+            out[f.eip] = fip_name(ns, f.name)
+    for s in facts.services:
+        if s.eip == names.service_eip_name(key, s.name):
+            out[s.eip] = service_eip_name(ns, s.name)
+    return out
+
+
+def from_facts(spec: ProjectSpec, facts: AddressFacts) -> list[Manifest]:
+    """The NAT slice the NAT service applies, from IPAM's facts about the project: an OvnEip
+    for each EIP IPAM gave an address (but ``default-gw``, the VPC's), the SNAT rule, an
+    OvnFip per ready FIP and an OvnDnatRule per ready port of a ready service that has
+    endpoints. In apply order."""
+    refs = ovn_eip_names(spec, facts)
+    out = [
+        ovn_eip(spec, refs[e.name], e.network, v4_ip=e.ip_address)
+        for e in sorted(facts.eips, key=lambda e: e.name)
+        if e.name != GATEWAY_EIP and e.ip_address
+    ]
+    out.append(snat(spec))
+    vpc = vpc_name(spec)
+    for f in sorted(facts.fips, key=lambda f: f.name):
+        if f.ready and f.external_ip and f.target_ip and f.eip in refs:
+            out.append(fip_rule(spec, f.name, refs[f.eip], {"vpc": vpc, "v4Ip": f.target_ip}))
+    for s in sorted(facts.services, key=lambda s: s.name):
+        ports = [_port(p) for p in s.ports if p.ready]
+        if s.ready and s.ingress_ip and s.endpoints and ports and s.eip in refs:
+            target = {"vpc": vpc, "v4Ip": _lowest(s.endpoints)}
+            out += dnat_rules(spec, s.name, refs[s.eip], ports, target)
+    return apply_sorted(out)
+
+
+def _port(p: PortState) -> tuple[str, int, int]:
+    return (p.protocol, p.port, p.target_port)

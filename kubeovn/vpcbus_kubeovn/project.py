@@ -31,7 +31,8 @@ def manifests(
     for m in members:
         if (m.organization, m.project) != (spec.organization, spec.name):
             raise ValueError(f"{m.member} belongs to {m.project_key}, not to {spec.key}")
-    out = vpc.manifests(spec, gateway_ip=gateway_ip, exclude_ips=exclude_ips)
+    gw_eip = (addresses or {}).get(vpc.gateway_eip_name(spec.namespace, spec.egress_network_type))
+    out = vpc.manifests(spec, gateway_ip=gateway_ip, gateway_eip_ip=gw_eip, exclude_ips=exclude_ips)
     out += nat.manifests(spec, eips=eips, fips=fips, services=services, addresses=addresses)
     out += dns.manifests(spec, services=services, addresses=addresses)
     return apply_sorted(out)

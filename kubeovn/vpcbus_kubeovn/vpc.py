@@ -1,10 +1,15 @@
-"""A project's VPC as Kube-OVN objects (owner ``vpc``): ``Vpc`` ``N`` and ``Subnet``
-``N-default``, ``N`` being the backing namespace ``<org>-<project>``.
+"""A project's VPC as Kube-OVN objects (owner ``vpc``): the router's external address
+``OvnEip`` ``N-ext-<network>``, ``Vpc`` ``N`` and ``Subnet`` ``N-default``, ``N`` being the
+backing namespace ``<org>-<project>``.
 
 The same network as the VPC service's OVN backend (:mod:`vpcbus_vpc.desired`): router ``N``
-with a LAN port at the project gateway, an external port on ``ext-<network>`` (Kube-OVN
-creates it, with its ``lrp`` OvnEip ``N-ext-<network>``, for each of
-``spec.extraExternalSubnets``) and the default route via the external network's gateway.
+with a LAN port at the project gateway, an external port on ``ext-<network>`` and the default
+route via the external network's gateway. Kube-OVN creates the external port for each of
+``spec.extraExternalSubnets``, addressed by the ``lrp`` OvnEip ``<vpc>-<external subnet>``:
+it uses that OvnEip when it exists and makes one from its own IPAM when not. So the OvnEip
+is part of this slice and applied before the Vpc, pinned to the ``default-gw`` address
+vpcbus' IPAM allocated (the address the project's SNAT leaves from, Kube-DC's
+``<ns>-ext-<network>``); it is deleted with the VPC, after the NAT rules that use it.
 Kube-OVN does not add that route itself ("automatic maintenance of public network routes is
 currently not supported"), so it is a static route, as Kube-DC declares it.
 
@@ -18,7 +23,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 
-from vpcbus_kubeovn.meta import Manifest, kubeovn, labels
+from vpcbus_kubeovn.meta import Manifest, kubeovn, labels, ovn_eip
 from vpcbus_proto import names
 from vpcbus_proto.projects import ProjectSpec
 
@@ -38,6 +43,18 @@ def subnet_name(spec: ProjectSpec) -> str:
 def external_subnet(spec: ProjectSpec) -> str:
     """``ext-<egressNetworkType>``: the Kube-OVN external subnet of the default gateway."""
     return names.external_switch(spec.egress_network_type)
+
+
+def gateway_eip_name(namespace: str, network: str) -> str:
+    """``<ns>-ext-<network>``: the default gateway's OvnEip, as Kube-DC and Kube-OVN name it
+    (``<vpc>-<external subnet>`` with external subnet ``ext-<network>``)."""
+    return f"{namespace}-ext-{network}"
+
+
+def gateway_eip(spec: ProjectSpec, *, v4_ip: str | None = None) -> Manifest:
+    """The router's external address: ``OvnEip`` ``N-ext-<egressNetworkType>``, type ``lrp``."""
+    name = gateway_eip_name(spec.namespace, spec.egress_network_type)
+    return ovn_eip(spec, name, spec.egress_network_type, OWNER, kind="lrp", v4_ip=v4_ip)
 
 
 def vpc(spec: ProjectSpec, *, gateway_ip: str | None = None) -> Manifest:
@@ -89,10 +106,19 @@ def subnet(spec: ProjectSpec, *, exclude_ips: Sequence[str] = ()) -> Manifest:
 
 
 def manifests(
-    spec: ProjectSpec, *, gateway_ip: str | None = None, exclude_ips: Sequence[str] = ()
+    spec: ProjectSpec,
+    *,
+    gateway_ip: str | None = None,
+    gateway_eip_ip: str | None = None,
+    exclude_ips: Sequence[str] = (),
 ) -> list[Manifest]:
-    """The VPC service's slice, in apply order."""
-    return [vpc(spec, gateway_ip=gateway_ip), subnet(spec, exclude_ips=exclude_ips)]
+    """The VPC service's slice, in apply order: ``gateway_ip`` is the external network's
+    gateway (the default route), ``gateway_eip_ip`` the project's ``default-gw`` address."""
+    return [
+        gateway_eip(spec, v4_ip=gateway_eip_ip),
+        vpc(spec, gateway_ip=gateway_ip),
+        subnet(spec, exclude_ips=exclude_ips),
+    ]
 
 
 def _ipv4(value: str, what: str) -> str:

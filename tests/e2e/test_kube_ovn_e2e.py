@@ -217,7 +217,7 @@ async def test_a_project_is_built_on_kube_ovn_and_torn_down_in_kube_dc_order(
         assert snat is not None and (snat.get("status") or {}).get("ready") is True, snat
         assert snat["spec"]["ovnEip"] == names["OvnEip"]
         assert snat["spec"]["vpcSubnet"] == names["Subnet"]
-        for obj, owner in ((vpc, "vpc"), (subnet, "vpc"), (eip, "nat"), (snat, "nat")):
+        for obj, owner in ((vpc, "vpc"), (subnet, "vpc"), (eip, "vpc"), (snat, "nat")):
             assert obj["metadata"]["labels"]["vpcbus.io/project"] == key
             managers = {m.get("manager") for m in obj["metadata"].get("managedFields") or []}
             assert f"vpcbus-{owner}" in managers, obj["metadata"]

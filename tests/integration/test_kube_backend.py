@@ -1,10 +1,12 @@
 """The Kube-OVN backends of VPC and NAT end to end: the fake API server in the test process,
 a real nats-server, IPAM, VPC and NAT as real processes (``VPCBUS_BACKEND=kube-ovn``,
-``KUBECONFIG`` at the fake). A project becomes a ``Vpc``, a ``Subnet``, a gateway ``OvnEip``
-and an ``OvnSnatRule`` that pass Kube-OVN's strict CRD schemas; each service stays Pending
-until the test writes the status Kube-OVN's controller would; a hand-deleted object comes
-back; a stale object of ours is pruned; deletion goes SNAT, OvnEip, Subnet, Vpc and ends in
-Deleted.
+``KUBECONFIG`` at the fake). A project becomes the router's ``lrp`` OvnEip (pinned to IPAM's
+``default-gw``), a ``Vpc``, a ``Subnet`` and an ``OvnSnatRule``; a FIP and a LoadBalancer
+service become their own OvnEips, an ``OvnFip`` and ``OvnDnatRule`` objects; everything passes
+Kube-OVN's strict CRD schemas; each service stays Pending until the test writes the status
+Kube-OVN's controller would; a deleted FIP's objects are pruned; a hand-deleted object comes
+back; a stale object of ours is pruned; deletion goes NAT's rules and OvnEips, then the
+router's OvnEip, Subnet, Vpc, and ends in Deleted.
 
 DNS is not started: VPC only waits for a peer that reported something. Tests share one stack
 (module fixtures) and run in file order.
@@ -13,17 +15,14 @@ DNS is not started: VPC only waits for a peer that reported something. Tests sha
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
 
-import jsonschema  # type: ignore[import-untyped]
 import pytest
 
-from tests.conftest import SERVICE_ENV, ServiceProcs
+from tests.conftest import ServiceProcs
 from tests.integration import helpers
 from tests.kube.apiserver import FakeApiServer
 from tests.kube.fixtures import (  # noqa: F401
@@ -31,8 +30,12 @@ from tests.kube.fixtures import (  # noqa: F401
     module_apiserver_fixture,
     module_kubeconfig_fixture,
 )
+from tests.kube.stack import KOVN, network_ready, report, schema_errors, start_services, until
+from tests.kube.stack import status_is as _status_is
 from vpcbus.client import Client
 from vpcbus.embedded.natsd import NatsServer
+from vpcbus_proto import names
+from vpcbus_proto.members import FipRef, FipSpec, LbServiceSpec, ServicePort
 from vpcbus_proto.projects import ProjectRef
 from vpcbus_proto.status import ServiceStatus
 from vpcbus_proto.subjects import ServiceName
@@ -40,45 +43,18 @@ from vpcbus_runtime.kube import KubeClient
 
 pytestmark = [pytest.mark.connected]
 
-KOVN = "kubeovn.io/v1"
-CONTROLLER = "kube-ovn-controller"  # the field manager standing in for Kube-OVN
-SCHEMAS = Path(__file__).resolve().parents[1] / "data" / "kubeovn-crds"
 ORG, PROJECT = "acme", "prod"
 N = f"{ORG}-{PROJECT}"
+LABELS = {"app.kubernetes.io/managed-by": "vpcbus", "vpcbus.io/project": f"{ORG}.{PROJECT}"}
 
 
 @pytest.fixture(scope="module")
 def kube_services(
     nats_server: NatsServer, kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceProcs]:
-    env = {
-        **os.environ,
-        **SERVICE_ENV,
-        "NATS_URL": nats_server.url,
-        "VPCBUS_BACKEND": "kube-ovn",
-        "KUBECONFIG": str(kubeconfig),
-        "VPCBUS_RESYNC_SECONDS": "1",
-    }
-    procs = ServiceProcs(env, tmp_path_factory.mktemp("logs"))
-    procs.start("ipam")
-    procs.start("vpc")
-    procs.start("nat")
-    procs.wait_registered(nats_server.url, ("ipam", "vpc", "nat"))
-    yield procs
-    procs.stop_all()
-
-
-async def until(
-    check: Callable[[], Awaitable[Any]], what: str, procs: ServiceProcs, timeout: float = 30.0
-) -> Any:
-    """Poll ``check`` until it returns something truthy; fail with the services' logs."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not (found := await check()):
-        if loop.time() > deadline:
-            pytest.fail(f"timed out waiting for {what}\n{procs.logs()}")
-        await asyncio.sleep(0.1)
-    return found
+    logs = tmp_path_factory.mktemp("logs")
+    with start_services(nats_server.url, kubeconfig, logs, ("ipam", "vpc", "nat")) as procs:
+        yield procs
 
 
 def status_is(
@@ -88,59 +64,40 @@ def status_is(
     generation: int = 0,
     service: ServiceName = "vpc",
 ) -> Callable[[], Awaitable[ServiceStatus | None]]:
-    async def check() -> ServiceStatus | None:
-        s = await client.status(service, ORG, PROJECT)
-        if s is None or s.state != state or s.generation < generation:
-            return None
-        return s if reason is None or s.reason == reason else None
-
-    return check
+    return _status_is(client, (ORG, PROJECT), service, state, reason, generation)
 
 
-def schema_errors(obj: dict[str, Any]) -> list[str]:
-    schema = json.loads((SCHEMAS / f"{obj['kind']}.json").read_text())
-    body = {k: v for k, v in obj.items() if k != "metadata"}  # server-written metadata
-    return [e.message for e in jsonschema.Draft7Validator(schema).iter_errors(body)]
-
-
-async def kube_ovn_reports_ready(kube: KubeClient) -> None:
-    """Write the status Kube-OVN's controller writes once it built the objects."""
-    await kube.apply_status(
-        {"apiVersion": KOVN, "kind": "Vpc", "metadata": {"name": N},
-         "status": {"standby": True, "subnets": [f"{N}-default"]}},
-        field_manager=CONTROLLER,
-    )  # fmt: skip
-    await kube.apply_status(
-        {"apiVersion": KOVN, "kind": "Subnet", "metadata": {"name": f"{N}-default"},
-         "status": {"conditions": [{"type": "Ready", "status": "True",
-                                    "reason": "SetPrivateLogicalSwitchSuccess"}]}},
-        field_manager=CONTROLLER,
-    )  # fmt: skip
+async def gateway_eip(client: Client) -> str:
+    ipam = await client.status("ipam", ORG, PROJECT)
+    eip = ipam.addresses.eip("default-gw") if ipam and ipam.addresses else None
+    assert eip is not None
+    return eip.ip_address
 
 
 async def test_project_is_applied_and_ready_only_once_kube_ovn_says_so(
     kube_services: ServiceProcs, client: Client, apiserver: FakeApiServer, kube: KubeClient
 ) -> None:
     published = await client.upsert(helpers.spec(ORG, PROJECT))
+    want = {("vpcs", N), ("subnets", f"{N}-default"), ("ovn-eips", f"{N}-ext-cloud")}
 
-    async def both() -> bool:
-        return None not in (
-            apiserver.object(KOVN, "vpcs", N),
-            apiserver.object(KOVN, "subnets", f"{N}-default"),
-        )
+    async def applied() -> bool:
+        return all(apiserver.object(KOVN, plural, name) for plural, name in want)
 
-    await until(both, "Vpc and Subnet applied", kube_services)
+    await until(applied, "OvnEip, Vpc and Subnet applied", kube_services)
     vpc = apiserver.object(KOVN, "vpcs", N)
     subnet = apiserver.object(KOVN, "subnets", f"{N}-default")
-    assert vpc is not None and subnet is not None
-    for obj in (vpc, subnet):
+    lrp = apiserver.object(KOVN, "ovn-eips", f"{N}-ext-cloud")
+    assert vpc is not None and subnet is not None and lrp is not None
+    for obj in (vpc, subnet, lrp):
         assert schema_errors(obj) == [], obj
-        assert obj["metadata"]["labels"] == {
-            "app.kubernetes.io/managed-by": "vpcbus",
-            "vpcbus.io/project": f"{ORG}.{PROJECT}",
-            "vpcbus.io/owner": "vpc",
-        }
+        assert obj["metadata"]["labels"] == {**LABELS, "vpcbus.io/owner": "vpc"}
         assert [m["manager"] for m in obj["metadata"]["managedFields"]] == ["vpcbus-vpc"]
+    # The router's external address, pinned to IPAM's default-gw, applied before the Vpc (so
+    # Kube-OVN uses it rather than making one from its own IPAM).
+    assert lrp["spec"] == {
+        "externalSubnet": "ext-cloud", "type": "lrp", "v4Ip": await gateway_eip(client)
+    }  # fmt: skip
+    assert int(lrp["metadata"]["resourceVersion"]) < int(vpc["metadata"]["resourceVersion"])
     assert vpc["spec"]["namespaces"] == [N]
     assert vpc["spec"]["extraExternalSubnets"] == ["ext-cloud"]
     # The default route via the cloud pool's gateway, which IPAM reported.
@@ -156,22 +113,20 @@ async def test_project_is_applied_and_ready_only_once_kube_ovn_says_so(
         kube_services,
     )
     assert "status.standby" in pending.message and "condition Ready" in pending.message
+    assert f"OvnEip {N}-ext-cloud: status.ready" in pending.message
 
-    await kube.apply_status(
-        {"apiVersion": KOVN, "kind": "Vpc", "metadata": {"name": N}, "status": {"standby": True}},
-        field_manager=CONTROLLER,
-    )
+    await report(kube, "Vpc", N, {"standby": True})
     await until(
         lambda: _message_without(client, "status.standby"), "Vpc standby seen", kube_services
     )
     s = await client.status("vpc", ORG, PROJECT)
     assert s is not None and s.state == "Pending" and "condition Ready" in s.message
 
-    await kube_ovn_reports_ready(kube)
+    await network_ready(kube, N, await gateway_eip(client))
     ready = await until(
         status_is(client, "Ready", "Reconciled", published.generation), "VPC Ready", kube_services
     )
-    assert set(ready.objects) == {f"Vpc/{N}", f"Subnet/{N}-default"}
+    assert set(ready.objects) == {f"OvnEip/{N}-ext-cloud", f"Vpc/{N}", f"Subnet/{N}-default"}
 
 
 async def _message_without(client: Client, text: str) -> bool:
@@ -179,48 +134,104 @@ async def _message_without(client: Client, text: str) -> bool:
     return s is not None and s.state == "Pending" and text not in s.message
 
 
-async def test_nat_applies_gateway_eip_and_snat_and_waits_for_their_ready(
+async def test_nat_applies_snat_and_waits_for_its_ready(
     kube_services: ServiceProcs, client: Client, apiserver: FakeApiServer, kube: KubeClient
 ) -> None:
-    eip_name, gw_eip = f"{N}-ext-cloud", await client.status("ipam", ORG, PROJECT)
-    assert gw_eip is not None and gw_eip.addresses is not None
-    eip = gw_eip.addresses.eip("default-gw")
-    assert eip is not None
     pending = await until(
         status_is(client, "Pending", "WaitingForKubeOvn", service="nat"),
         "NAT Pending on Kube-OVN",
         kube_services,
     )
-    assert set(pending.objects) == {f"OvnEip/{eip_name}", f"OvnSnatRule/{N}"}
-    ovn_eip = apiserver.object(KOVN, "ovn-eips", eip_name)
+    assert pending.objects == [f"OvnSnatRule/{N}"]  # the gateway's OvnEip is VPC's
+    assert f"OvnSnatRule {N}: status.ready is not true" in pending.message
     snat = apiserver.object(KOVN, "ovn-snat-rules", N)
-    assert ovn_eip is not None and snat is not None
-    for obj in (ovn_eip, snat):
-        assert schema_errors(obj) == [], obj
-        assert obj["metadata"]["labels"]["vpcbus.io/owner"] == "nat"
-        assert [m["manager"] for m in obj["metadata"]["managedFields"]] == ["vpcbus-nat"]
-    assert ovn_eip["spec"] == {"externalSubnet": "ext-cloud", "type": "lrp", "v4Ip": eip.ip_address}
-    assert snat["spec"] == {"ovnEip": eip_name, "vpcSubnet": f"{N}-default"}
+    assert snat is not None and schema_errors(snat) == []
+    assert snat["metadata"]["labels"] == {**LABELS, "vpcbus.io/owner": "nat"}
+    assert [m["manager"] for m in snat["metadata"]["managedFields"]] == ["vpcbus-nat"]
+    assert snat["spec"] == {"ovnEip": f"{N}-ext-cloud", "vpcSubnet": f"{N}-default"}
 
-    await kube.apply_status(
-        {"apiVersion": KOVN, "kind": "OvnEip", "metadata": {"name": eip_name},
-         "status": {"ready": True, "v4Ip": eip.ip_address, "type": "lrp"}},
-        field_manager=CONTROLLER,
+    await report(kube, "OvnSnatRule", N, {"ready": True, "vpc": N})
+    ready = await until(
+        status_is(client, "Ready", "Reconciled", service="nat"), "NAT Ready", kube_services
+    )
+    assert ready.message == f"SNAT 10.0.0.0/24 -> {await gateway_eip(client)}"
+
+
+async def test_a_fip_and_a_load_balancer_become_ovn_fip_and_dnat_rules(
+    kube_services: ServiceProcs, client: Client, apiserver: FakeApiServer, kube: KubeClient
+) -> None:
+    await client.create_fip(
+        FipSpec(organization=ORG, project=PROJECT, name="db", ip_address="10.0.0.50")
+    )
+    await client.upsert_service(
+        LbServiceSpec(organization=ORG, project=PROJECT, name="api",
+                      endpoints=["10.0.0.21", "10.0.0.20"],
+                      ports=[ServicePort(port=80, target_port=8080),
+                             ServicePort(port=53, target_port=5353, protocol="UDP")])
     )  # fmt: skip
+    fip_eip, slb_eip = f"{N}-fip-db", f"{N}-slb-api"
+    rules = {f"OvnFip/{N}-fip-db", f"OvnDnatRule/{N}-svc-api-tcp-80",
+             f"OvnDnatRule/{N}-svc-api-udp-53"}  # fmt: skip
+    want = {f"OvnEip/{fip_eip}", f"OvnEip/{slb_eip}", f"OvnSnatRule/{N}", *rules}
 
-    async def only_snat_waits() -> ServiceStatus | None:
+    async def all_applied() -> ServiceStatus | None:
         s = await client.status("nat", ORG, PROJECT)
-        ok = s is not None and s.state == "Pending" and "OvnEip" not in s.message
-        return s if ok else None
+        return s if s is not None and set(s.objects) == want else None
 
-    s = await until(only_snat_waits, "NAT waiting for the SNAT rule only", kube_services)
-    assert f"OvnSnatRule {N}: status.ready is not true" in s.message
-    await kube.apply_status(
-        {"apiVersion": KOVN, "kind": "OvnSnatRule", "metadata": {"name": N},
-         "status": {"ready": True, "vpc": N}},
-        field_manager=CONTROLLER,
-    )  # fmt: skip
-    await until(status_is(client, "Ready", "Reconciled", service="nat"), "NAT Ready", kube_services)
+    pending = await until(all_applied, "NAT applied the FIP and the service", kube_services)
+    assert pending.state == "Pending" and pending.reason == "WaitingForKubeOvn"
+    ipam = await client.status("ipam", ORG, PROJECT)
+    assert ipam is not None and ipam.addresses is not None
+    db, api = ipam.addresses.fip("db"), ipam.addresses.service("api")
+    assert db is not None and db.ready and api is not None and api.ready
+    # IPAM's own EIPs, each as the OvnEip named after its owner, pinned to IPAM's address.
+    assert db.eip == names.fip_eip_name(f"{ORG}.{PROJECT}", "db")
+    stored = {
+        (kind, name): apiserver.object(KOVN, plural, name)
+        for kind, plural, name in [
+            ("OvnEip", "ovn-eips", fip_eip), ("OvnEip", "ovn-eips", slb_eip),
+            ("OvnFip", "ovn-fips", f"{N}-fip-db"),
+            ("OvnDnatRule", "ovn-dnat-rules", f"{N}-svc-api-tcp-80"),
+            ("OvnDnatRule", "ovn-dnat-rules", f"{N}-svc-api-udp-53"),
+        ]
+    }  # fmt: skip
+    for obj in stored.values():
+        assert obj is not None and schema_errors(obj) == [], obj
+        assert obj["metadata"]["labels"] == {**LABELS, "vpcbus.io/owner": "nat"}
+    specs = {key: obj["spec"] for key, obj in stored.items() if obj is not None}
+    assert specs == {
+        ("OvnEip", fip_eip): {"externalSubnet": "ext-cloud", "type": "nat", "v4Ip": db.external_ip},
+        ("OvnEip", slb_eip): {"externalSubnet": "ext-cloud", "type": "nat", "v4Ip": api.ingress_ip},
+        ("OvnFip", f"{N}-fip-db"): {"ovnEip": fip_eip, "vpc": N, "v4Ip": "10.0.0.50"},
+        # One backend per rule: the lowest endpoint.
+        ("OvnDnatRule", f"{N}-svc-api-tcp-80"): {
+            "ovnEip": slb_eip, "protocol": "tcp", "externalPort": "80", "internalPort": "8080",
+            "vpc": N, "v4Ip": "10.0.0.20"},
+        ("OvnDnatRule", f"{N}-svc-api-udp-53"): {
+            "ovnEip": slb_eip, "protocol": "udp", "externalPort": "53", "internalPort": "5353",
+            "vpc": N, "v4Ip": "10.0.0.20"},
+    }  # fmt: skip
+
+    # Ready only once Kube-OVN reports every one of them ready.
+    for kind, name in stored:
+        await report(kube, kind, name, {"ready": True})
+    ready = await until(
+        status_is(client, "Ready", "Reconciled", service="nat"), "NAT Ready", kube_services
+    )
+    assert ready.message.endswith("; 1 FIP(s); 2 DNAT rule(s)")
+
+    # A deleted FIP takes its OvnFip and its own OvnEip with it; the service's stay.
+    await client.delete_fip(FipRef(organization=ORG, project=PROJECT, name="db"))
+
+    async def fip_pruned() -> ServiceStatus | None:
+        s = await client.status("nat", ORG, PROJECT)
+        gone = s is not None and s.state == "Ready" and f"OvnFip/{N}-fip-db" not in s.objects
+        return s if gone else None
+
+    await until(fip_pruned, "NAT Ready without the FIP", kube_services)
+    assert apiserver.object(KOVN, "ovn-fips", f"{N}-fip-db") is None
+    assert apiserver.object(KOVN, "ovn-eips", fip_eip) is None
+    assert apiserver.object(KOVN, "ovn-dnat-rules", f"{N}-svc-api-tcp-80") is not None
 
 
 async def test_hand_deleted_subnet_comes_back_and_stale_objects_go(
@@ -230,9 +241,7 @@ async def test_hand_deleted_subnet_comes_back_and_stale_objects_go(
     assert await kube.delete(KOVN, "Subnet", f"{N}-default") is True
     stale = {
         "apiVersion": KOVN, "kind": "Subnet",
-        "metadata": {"name": f"{N}-stale", "labels": {
-            "app.kubernetes.io/managed-by": "vpcbus", "vpcbus.io/project": f"{ORG}.{PROJECT}",
-            "vpcbus.io/owner": "vpc"}},
+        "metadata": {"name": f"{N}-stale", "labels": {**LABELS, "vpcbus.io/owner": "vpc"}},
         "spec": {"vpc": N, "cidrBlock": "10.0.1.0/24"},
     }  # fmt: skip
     await kube.apply(stale, field_manager="vpcbus-vpc")
@@ -246,11 +255,11 @@ async def test_hand_deleted_subnet_comes_back_and_stale_objects_go(
     await until(repaired, "Subnet re-applied and the stale one pruned", kube_services)
     # A new Subnet: Kube-OVN has not reported it Ready yet, so neither does VPC.
     await until(status_is(client, "Pending", "WaitingForKubeOvn"), "VPC Pending", kube_services)
-    await kube_ovn_reports_ready(kube)
+    await network_ready(kube, N, await gateway_eip(client))
     await until(status_is(client, "Ready"), "VPC Ready again", kube_services)
 
 
-async def test_deleted_project_goes_subnet_first_then_vpc(
+async def test_deleted_project_goes_nat_rules_and_eips_then_the_network(
     kube_services: ServiceProcs, client: Client, apiserver: FakeApiServer
 ) -> None:
     mark = apiserver.resource_version
@@ -266,9 +275,13 @@ async def test_deleted_project_goes_subnet_first_then_vpc(
             for e in apiserver.store.events
             if e.rv > mark and e.type == "DELETED"
         ]
-    # NAT first (the rule before the OvnEip it holds), then VPC, which waits for NAT.
+    # NAT first (the rules before the OvnEips they hold), then VPC, which waits for NAT:
+    # Kube-DC's order (SNAT rule, OvnEip, Subnet, Vpc).
     assert deleted == [
+        ("ovn-dnat-rules", f"{N}-svc-api-tcp-80"),
+        ("ovn-dnat-rules", f"{N}-svc-api-udp-53"),
         ("ovn-snat-rules", N),
+        ("ovn-eips", f"{N}-slb-api"),
         ("ovn-eips", f"{N}-ext-cloud"),
         ("subnets", f"{N}-default"),
         ("vpcs", N),

@@ -4,7 +4,7 @@ real nats-server, IPAM, VPC and DNS as real processes (``VPCBUS_BACKEND=kube-ovn
 and stays Pending until the test writes ``status.active``; a LoadBalancer service on the
 default-gw EIP gets its ``<svc>-ext`` headless Service and Endpoints at the ingress IP, and
 loses them when it is deleted; deleting the project goes Endpoints, Service, VpcDns, then
-VPC's Subnet and Vpc. DNS's doctor endpoint finds the converged slice clean.
+VPC's OvnEip, Subnet and Vpc. DNS's doctor endpoint finds the converged slice clean.
 
 NAT is not started: neither DNS nor VPC waits for a peer that never reported. Tests share
 one stack (module fixtures) and run in file order.
@@ -13,7 +13,6 @@ one stack (module fixtures) and run in file order.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import sys
 from collections.abc import Awaitable, Callable, Iterator
@@ -21,10 +20,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import jsonschema  # type: ignore[import-untyped]
 import pytest
 
-from tests.conftest import SERVICE_ENV, ServiceProcs
+from tests.conftest import ServiceProcs
 from tests.integration import helpers
 from tests.kube.apiserver import FakeApiServer
 from tests.kube.fixtures import (  # noqa: F401
@@ -32,6 +30,8 @@ from tests.kube.fixtures import (  # noqa: F401
     module_apiserver_fixture,
     module_kubeconfig_fixture,
 )
+from tests.kube.stack import KOVN, network_ready, report, schema_errors, start_services, until
+from tests.kube.stack import status_is as _status_is
 from vpcbus.client import Client
 from vpcbus.embedded.natsd import NatsServer
 from vpcbus_proto.doctor import DOCTOR_ENDPOINT, DoctorReply, DoctorRequest
@@ -43,9 +43,6 @@ from vpcbus_runtime.kube import KubeClient
 
 pytestmark = [pytest.mark.connected]
 
-KOVN = "kubeovn.io/v1"
-CONTROLLER = "kube-ovn-controller"  # the field manager standing in for Kube-OVN
-SCHEMAS = Path(__file__).resolve().parents[1] / "data" / "kubeovn-crds"
 ORG, PROJECT = "acme", "dns"
 N = f"{ORG}-{PROJECT}"
 LABELS = {
@@ -59,51 +56,15 @@ LABELS = {
 def kube_services(
     nats_server: NatsServer, kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceProcs]:
-    env = {
-        **os.environ,
-        **SERVICE_ENV,
-        "NATS_URL": nats_server.url,
-        "VPCBUS_BACKEND": "kube-ovn",
-        "KUBECONFIG": str(kubeconfig),
-        "VPCBUS_RESYNC_SECONDS": "1",
-    }
-    procs = ServiceProcs(env, tmp_path_factory.mktemp("logs"))
-    for name in ("ipam", "vpc", "dns"):
-        procs.start(name)
-    procs.wait_registered(nats_server.url, ("ipam", "vpc", "dns"))
-    yield procs
-    procs.stop_all()
-
-
-async def until(
-    check: Callable[[], Awaitable[Any]], what: str, procs: ServiceProcs, timeout: float = 30.0
-) -> Any:
-    """Poll ``check`` until it returns something truthy; fail with the services' logs."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not (found := await check()):
-        if loop.time() > deadline:
-            pytest.fail(f"timed out waiting for {what}\n{procs.logs()}")
-        await asyncio.sleep(0.1)
-    return found
+    logs = tmp_path_factory.mktemp("logs")
+    with start_services(nats_server.url, kubeconfig, logs, ("ipam", "vpc", "dns")) as procs:
+        yield procs
 
 
 def status_is(
     client: Client, state: str, reason: str | None = None, service: ServiceName = "dns"
 ) -> Callable[[], Awaitable[ServiceStatus | None]]:
-    async def check() -> ServiceStatus | None:
-        s = await client.status(service, ORG, PROJECT)
-        if s is None or s.state != state:
-            return None
-        return s if reason is None or s.reason == reason else None
-
-    return check
-
-
-def schema_errors(obj: dict[str, Any]) -> list[str]:
-    schema = json.loads((SCHEMAS / f"{obj['kind']}.json").read_text())
-    body = {k: v for k, v in obj.items() if k != "metadata"}  # server-written metadata
-    return [e.message for e in jsonschema.Draft7Validator(schema).iter_errors(body)]
+    return _status_is(client, (ORG, PROJECT), service, state, reason)
 
 
 def ext_objects(apiserver: FakeApiServer, name: str) -> list[dict[str, Any] | None]:
@@ -121,16 +82,11 @@ async def test_dns_waits_for_vpc_dns_active_then_is_ready(
                     kube_services)  # fmt: skip
     assert apiserver.object(KOVN, "vpc-dnses", N) is None  # nothing before VPC is Ready
     assert s.message.startswith("vpc: ")
-    for kind, status in (
-        ("Vpc", {"standby": True, "subnets": [f"{N}-default"]}),
-        ("Subnet", {"conditions": [{"type": "Ready", "status": "True"}]}),
-    ):
-        name = N if kind == "Vpc" else f"{N}-default"
-        await until(partial(_exists, kube, kind, name), f"{kind} applied", kube_services)
-        await kube.apply_status(
-            {"apiVersion": KOVN, "kind": kind, "metadata": {"name": name}, "status": status},
-            field_manager=CONTROLLER,
-        )
+    await until(partial(_exists, kube, "Subnet", f"{N}-default"), "VPC applied", kube_services)
+    ipam = await client.status("ipam", ORG, PROJECT)
+    gateway = ipam.addresses.eip("default-gw") if ipam and ipam.addresses else None
+    assert gateway is not None
+    await network_ready(kube, N, gateway.ip_address)
     await until(status_is(client, "Ready", service="vpc"), "VPC Ready", kube_services)
 
     pending = await until(
@@ -144,11 +100,7 @@ async def test_dns_waits_for_vpc_dns_active_then_is_ready(
     assert vpc_dns["metadata"]["labels"] == LABELS
     assert [m["manager"] for m in vpc_dns["metadata"]["managedFields"]] == ["vpcbus-dns"]
 
-    await kube.apply_status(
-        {"apiVersion": KOVN, "kind": "VpcDns", "metadata": {"name": N},
-         "status": {"active": True}},
-        field_manager=CONTROLLER,
-    )  # fmt: skip
+    await report(kube, "VpcDns", N, {"active": True})
     ready = await until(status_is(client, "Ready", "Reconciled"), "DNS Ready", kube_services)
     assert ready.resolver is None and ready.objects == [f"VpcDns/{N}"]
 
@@ -245,6 +197,7 @@ async def test_deleted_project_goes_endpoints_service_vpc_dns_then_the_network(
         ("endpoints", "api-ext"),
         ("services", "api-ext"),
         ("vpc-dnses", N),
+        ("ovn-eips", f"{N}-ext-cloud"),
         ("subnets", f"{N}-default"),
         ("vpcs", N),
     ]

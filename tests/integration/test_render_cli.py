@@ -29,13 +29,13 @@ async def test_render_prints_a_valid_stream_in_apply_order() -> None:
     assert res.returncode == 0, res.stderr
     docs = list(yaml.safe_load_all(res.stdout))
     kinds = [d["kind"] for d in docs]
-    assert kinds == ["Vpc", "Subnet", "VpcDns", "OvnEip", "OvnEip", "OvnEip", "OvnSnatRule"]
+    assert kinds == ["OvnEip", "OvnEip", "OvnEip", "Vpc", "Subnet", "VpcDns", "OvnSnatRule"]
     for d in docs:
         schema = json.loads((SCHEMAS / f"{d['kind']}.json").read_text())
         errors = [e.message for e in jsonschema.Draft7Validator(schema).iter_errors(d)]
         assert not errors, f"{d['kind']}: {errors}"
         assert d["metadata"]["labels"]["vpcbus.io/project"] == "acme.shop"
-    vpc, subnet = docs[0]["spec"], docs[1]["spec"]
+    vpc, subnet = docs[3]["spec"], docs[4]["spec"]
     assert vpc["staticRoutes"][0]["nextHopIP"] == "100.66.0.1"
     assert vpc["extraExternalSubnets"] == ["ext-public"]
     assert subnet["cidrBlock"] == "10.1.0.0/22"

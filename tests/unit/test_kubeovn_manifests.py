@@ -19,11 +19,21 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vpcbus_kubeovn import APPLY_ORDER, DELETION_ORDER, deletion_sorted, dns, manifests, nat, vpc
+from vpcbus_kubeovn import (
+    APPLY_ORDER,
+    DELETION_ORDER,
+    apply_sorted,
+    deletion_sorted,
+    dns,
+    manifests,
+    nat,
+    vpc,
+)
 from vpcbus_kubeovn.meta import is_object_name, is_service_name
 from vpcbus_proto import names
 from vpcbus_proto.members import EipSpec, FipSpec, LbServiceSpec, ServicePort, VmTarget
 from vpcbus_proto.projects import ProjectSpec
+from vpcbus_proto.status import AddressFacts, ExternalAddress, FloatingIp, LoadBalancer, PortState
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 SCHEMAS = DATA / "kubeovn-crds"
@@ -144,22 +154,22 @@ def test_minimal_project_is_kube_dc_shape() -> None:
     objects = manifests(SPEC)
     check(objects, SPEC)
     assert [(m["kind"], m["metadata"]["name"]) for m in objects] == [
+        ("OvnEip", "acme-shop-ext-cloud"),
         ("Vpc", "acme-shop"),
         ("Subnet", "acme-shop-default"),
         ("VpcDns", "acme-shop"),
-        ("OvnEip", "acme-shop-ext-cloud"),
         ("OvnSnatRule", "acme-shop"),
     ]
-    v = objects[0]["spec"]
+    v = objects[1]["spec"]
     assert v["namespaces"] == ["acme-shop"] and "staticRoutes" not in v
     assert v["enableExternal"] is True and v["extraExternalSubnets"] == ["ext-cloud"]
-    s = objects[1]["spec"]
+    s = objects[2]["spec"]
     assert (s["vpc"], s["cidrBlock"], s["gateway"]) == ("acme-shop", "10.0.0.0/24", "10.0.0.1")
     assert s["excludeIps"] == ["10.0.0.1"] and s["namespaces"] == ["acme-shop"]
     assert (s["protocol"], s["provider"]) == ("IPv4", "ovn")
-    assert objects[3]["spec"] == {"externalSubnet": "ext-cloud", "type": "lrp"}
+    assert objects[0]["spec"] == {"externalSubnet": "ext-cloud", "type": "lrp"}
     assert objects[4]["spec"] == {"ovnEip": "acme-shop-ext-cloud", "vpcSubnet": "acme-shop-default"}
-    assert objects[2]["spec"] == {"vpc": "acme-shop", "subnet": "acme-shop-default"}
+    assert objects[3]["spec"] == {"vpc": "acme-shop", "subnet": "acme-shop-default"}
 
 
 def test_gateway_public_egress_and_lan_gateway() -> None:
@@ -290,6 +300,12 @@ def test_owners_per_slice_and_deletion_order() -> None:
         "OvnDnatRule": "nat", "VpcDns": "dns", "Service": "dns", "Endpoints": "dns",
     }  # fmt: skip
     assert set(owners) == set(DELETION_ORDER), "an emitted kind has no place in DELETION_ORDER"
+    assert sorted(APPLY_ORDER) == sorted(DELETION_ORDER)
+    # The router's external address is the VPC's: Kube-OVN uses it for the Vpc's port.
+    assert (
+        one(objects, "OvnEip", "acme-shop-ext-cloud")["metadata"]["labels"]["vpcbus.io/owner"]
+        == "vpc"
+    )
     gone = [m["kind"] for m in deletion_sorted(objects)]
     # Kube-OVN: rules before their OvnEip, the Subnet before its Vpc (reference section 2.4).
     for before, after in [("OvnSnatRule", "OvnEip"), ("OvnFip", "OvnEip"),
@@ -367,7 +383,7 @@ def projects(draw: st.DrawFn) -> tuple[ProjectSpec, dict[str, Any]]:
             ports=[ServicePort(port=p, target_port=p, protocol=pr) for p, pr in ports],
         ))  # fmt: skip
     ns = spec.namespace
-    known = [nat.gateway_eip_name(ns, spec.egress_network_type)]
+    known = [vpc.gateway_eip_name(ns, spec.egress_network_type)]
     known += [nat.eip_name(ns, n) for n in eip_names] + [
         nat.service_eip_name(ns, s.name) for s in services
     ]
@@ -397,3 +413,95 @@ def test_any_project_renders_valid_manifests(project: tuple[ProjectSpec, dict[st
     kinds = {m["kind"] for m in objects}
     assert {"Vpc", "Subnet", "OvnEip", "OvnSnatRule", "VpcDns"} <= kinds
     assert len(by_kind(objects, "OvnFip")) == len(extra["fips"])
+
+
+# -- the NAT service's slice from IPAM's facts ----------------------------------------------
+
+
+def address(name: str, ip: str, network: str = "cloud") -> ExternalAddress:
+    return ExternalAddress(
+        name=name, ip_address=ip, network=network, prefix_length=24,
+        gateway="100.65.0.1" if network == "cloud" else "198.51.100.1", ready=bool(ip),
+        ownership_type="Shared" if ip else "Released",
+    )  # fmt: skip
+
+
+def port(number: int, target: int, protocol: str = "TCP", ready: bool = True) -> PortState:
+    return PortState(port=number, target_port=target, protocol=protocol, ready=ready)
+
+
+def test_nat_from_facts_realises_ready_fips_and_ports_on_pinned_eips() -> None:
+    key = "acme.shop"
+    own_fip, own_slb = names.fip_eip_name(key, "db"), names.service_eip_name(key, "api")
+    facts = AddressFacts(
+        cidr_block="10.0.0.0/24", egress_network_type="cloud", gateway_ip="10.0.0.1",
+        eips=[address("default-gw", "100.65.0.10"), address("web", "100.65.0.11", "public"),
+              address(own_fip, "100.65.0.12"), address(own_slb, "100.65.0.13"),
+              address("no-ip", "")],
+        fips=[
+            FloatingIp(name="db", eip=own_fip, external_ip="100.65.0.12",
+                       target_ip="10.0.0.5", ready=True),
+            FloatingIp(name="ssh", eip="web", external_ip="100.65.0.11",
+                       target_ip="10.0.0.6", vm_name="vm1", interface="default", ready=True),
+            FloatingIp(name="lost", eip="no-ip", ready=False, reason="NoAvailableIPs"),
+        ],
+        services=[
+            LoadBalancer(name="api", eip=own_slb, ingress_ip="100.65.0.13",
+                         endpoints=["10.0.0.20", "10.0.0.3"], ready=True,
+                         ports=[port(443, 8443, ready=False), port(80, 8080),
+                                port(53, 5353, "UDP")]),
+            LoadBalancer(name="gw", eip="default-gw", ingress_ip="100.65.0.10",
+                         endpoints=["10.0.0.7"], ready=True, ports=[port(8080, 80)]),
+            LoadBalancer(name="empty", eip="default-gw", ingress_ip="100.65.0.10",
+                         ready=True, ports=[port(9000, 9000)]),
+            LoadBalancer(name="busy", eip="web", ready=False, endpoints=["10.0.0.8"],
+                         ports=[port(22, 22, ready=False)], reason="EipInUse"),
+        ],
+    )  # fmt: skip
+    slice_ = nat.from_facts(SPEC, facts)
+    whole = vpc.manifests(SPEC, gateway_ip="100.65.0.1", gateway_eip_ip="100.65.0.10") + slice_
+    check(apply_sorted(whole), SPEC)  # strict schemas, labels, references applied first
+    assert all(m["metadata"]["labels"]["vpcbus.io/owner"] == "nat" for m in slice_)
+    got = {(m["kind"], m["metadata"]["name"]): m["spec"] for m in slice_}
+    assert got == {
+        # An OvnEip per EIP with an address, pinned; not default-gw (the VPC's), not no-ip.
+        ("OvnEip", "acme-shop-eip-web"):
+            {"externalSubnet": "ext-public", "type": "nat", "v4Ip": "100.65.0.11"},
+        ("OvnEip", "acme-shop-fip-db"):
+            {"externalSubnet": "ext-cloud", "type": "nat", "v4Ip": "100.65.0.12"},
+        ("OvnEip", "acme-shop-slb-api"):
+            {"externalSubnet": "ext-cloud", "type": "nat", "v4Ip": "100.65.0.13"},
+        ("OvnSnatRule", "acme-shop"):
+            {"ovnEip": "acme-shop-ext-cloud", "vpcSubnet": "acme-shop-default"},
+        ("OvnFip", "acme-shop-fip-db"):
+            {"ovnEip": "acme-shop-fip-db", "vpc": "acme-shop", "v4Ip": "10.0.0.5"},
+        ("OvnFip", "acme-shop-fip-ssh"):
+            {"ovnEip": "acme-shop-eip-web", "vpc": "acme-shop", "v4Ip": "10.0.0.6"},
+        # Ready ports only, to the lowest endpoint; none for a service without endpoints.
+        ("OvnDnatRule", "acme-shop-svc-api-tcp-80"):
+            {"ovnEip": "acme-shop-slb-api", "protocol": "tcp", "externalPort": "80",
+             "internalPort": "8080", "vpc": "acme-shop", "v4Ip": "10.0.0.3"},
+        ("OvnDnatRule", "acme-shop-svc-api-udp-53"):
+            {"ovnEip": "acme-shop-slb-api", "protocol": "udp", "externalPort": "53",
+             "internalPort": "5353", "vpc": "acme-shop", "v4Ip": "10.0.0.3"},
+        ("OvnDnatRule", "acme-shop-svc-gw-tcp-8080"):
+            {"ovnEip": "acme-shop-ext-cloud", "protocol": "tcp", "externalPort": "8080",
+             "internalPort": "80", "vpc": "acme-shop", "v4Ip": "10.0.0.7"},
+    }  # fmt: skip
+
+
+def test_nat_from_facts_names_only_ipams_own_eips_after_their_owner() -> None:
+    """A user EIP whose name merely looks like a FIP's own (``fip-<fip>-xxxxx``) stays a user
+    EIP: only the exact name IPAM derives makes it the FIP's."""
+    lookalike = "fip-db-00000"
+    assert lookalike != names.fip_eip_name("acme.shop", "db")
+    facts = AddressFacts(
+        cidr_block="10.0.0.0/24", egress_network_type="cloud", gateway_ip="10.0.0.1",
+        eips=[address("default-gw", "100.65.0.10"), address(lookalike, "100.65.0.14")],
+        fips=[FloatingIp(name="db", eip=lookalike, external_ip="100.65.0.14",
+                         target_ip="10.0.0.5", ready=True)],
+    )  # fmt: skip
+    refs = nat.ovn_eip_names(SPEC, facts)
+    assert refs == {"default-gw": "acme-shop-ext-cloud", lookalike: f"acme-shop-eip-{lookalike}"}
+    rule = one(nat.from_facts(SPEC, facts), "OvnFip", "acme-shop-fip-db")
+    assert rule["spec"]["ovnEip"] == f"acme-shop-eip-{lookalike}"

@@ -1,17 +1,21 @@
-"""The NAT service's Kube-OVN backend: the project's default gateway ``OvnEip`` (pinned to
-the address IPAM allocated) and its ``OvnSnatRule``, server-side applied with our own field
-manager (``VPCBUS_BACKEND=kube-ovn``).
+"""The NAT service's Kube-OVN backend: the project's ``OvnSnatRule``, an ``OvnEip`` for each
+EIP IPAM gave an address (pinned to it), an ``OvnFip`` per ready FIP and an ``OvnDnatRule``
+per ready LoadBalancer port (:func:`vpcbus_kubeovn.nat.from_facts`), server-side applied with
+our own field manager (``VPCBUS_BACKEND=kube-ovn``). The default gateway's ``lrp`` OvnEip is
+the VPC service's (the router's external port); the SNAT rule waits for it like any rule for
+its OvnEip.
 
 The same contract as the OVN backend (:class:`vpcbus_nat.reconciler.NatReconciler`): build
-once IPAM and VPC report Ready at the record's generation. Kube-OVN realises the objects
-asynchronously, so the result is ``Ready`` only when each object's ``status.ready`` is true
-(kube-ovn.md section 1.2), else ``Pending`` with a requeue. Objects are found by their
-ownership labels; teardown deletes them in :data:`vpcbus_kubeovn.DELETION_ORDER` (the rule
-before the OvnEip it holds) and waits for each kind to be gone before the next.
+once IPAM and VPC report Ready at the record's generation, from IPAM's resolved facts (FIP
+targets, service endpoints and ports). Kube-OVN realises the objects asynchronously, so the
+result is ``Ready`` only when each object's ``status.ready`` is true (kube-ovn.md section
+1.2), else ``Pending`` with a requeue. Objects are found by their ownership labels; a FIP or
+service that goes away (or stops being ready) has its rules pruned; teardown deletes them in
+:data:`vpcbus_kubeovn.DELETION_ORDER` (the rules before the OvnEips they hold) and waits for
+each kind to be gone before the next.
 
-Not yet realised here: FIPs (``OvnFip``) and LoadBalancer services (``OvnDnatRule``). A
-project that has ready ones is reported as an ``Error`` (``NotSupportedByBackend``) rather
-than Ready, so nobody waits for NAT that will not happen.
+A LoadBalancer service with several endpoints reaches only its lowest one on this backend
+(an ``OvnDnatRule`` has one backend; :mod:`vpcbus_kubeovn.nat`).
 """
 
 from __future__ import annotations
@@ -78,21 +82,15 @@ class KubeNatReconciler:
         if isinstance(ready, Result):
             return ready
         ipam, gw = ready
-        spec = record.spec
-        name = manifests.gateway_eip_name(spec.namespace, spec.egress_network_type)
-        want = manifests.manifests(spec, addresses={name: gw.ip_address})
+        assert ipam.addresses is not None  # peers_ready found the gateway EIP in them
+        want = manifests.from_facts(record.spec, ipam.addresses)
         stored = await self.slice.apply(ctx.key, want)
         objects = [f"{m['kind']}/{m['metadata']['name']}" for m in want]
-        assert ipam.addresses is not None
-        unsupported = [f"FIP {f.name}" for f in ipam.addresses.fips if f.ready]
-        unsupported += [f"LoadBalancer {s.name}" for s in ipam.addresses.services if s.ready]
-        if unsupported:
-            return Result(
-                "Error", "NotSupportedByBackend",
-                f"the kube-ovn backend does not realise {', '.join(unsupported)} yet",
-                objects=objects,
-            )  # fmt: skip
-        message = f"SNAT {spec.cidr_block} -> {gw.ip_address}"
+        message = f"SNAT {record.spec.cidr_block} -> {gw.ip_address}"
+        if fips := sum(m["kind"] == "OvnFip" for m in want):
+            message += f"; {fips} FIP(s)"
+        if dnats := sum(m["kind"] == "OvnDnatRule" for m in want):
+            message += f"; {dnats} DNAT rule(s)"
         return self.slice.outcome(stored, objects, not_ready, message)
 
     # -- doctor: read-only, instead of a dry-run reconcile (which would write) ------------
@@ -107,11 +105,7 @@ class KubeNatReconciler:
         if record is None or record.spec is None:
             return await self.slice.audit(ctx.key, None)
         ipam = await ctx.peers.status("ipam", ctx.organization, ctx.project)
-        gw = ipam.addresses.eip(GATEWAY_EIP) if ipam and ipam.addresses else None
-        if gw is None:
+        facts = ipam.addresses if ipam is not None else None
+        if facts is None or facts.eip(GATEWAY_EIP) is None:
             return self.slice.blocked(ctx.key, "no gateway EIP from ipam")
-        spec = record.spec
-        name = manifests.gateway_eip_name(spec.namespace, spec.egress_network_type)
-        return await self.slice.audit(
-            ctx.key, manifests.manifests(spec, addresses={name: gw.ip_address})
-        )
+        return await self.slice.audit(ctx.key, manifests.from_facts(record.spec, facts))

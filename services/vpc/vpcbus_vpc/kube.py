@@ -1,13 +1,15 @@
 """The VPC service's Kube-OVN backend: the project's ``Vpc`` and ``Subnet`` as custom
-resources, server-side applied with our own field manager (``VPCBUS_BACKEND=kube-ovn``).
+resources, and the router's external address (``lrp`` ``OvnEip`` ``N-ext-<network>``, pinned
+to the ``default-gw`` address IPAM allocated, applied before the Vpc so Kube-OVN uses it),
+server-side applied with our own field manager (``VPCBUS_BACKEND=kube-ovn``).
 
 The same contract as the OVN backend (:class:`vpcbus_vpc.reconciler.VpcReconciler`): build
 once IPAM reports the project Ready at the record's generation, tear down once NAT and DNS
 have released it. Kube-OVN builds the network from the objects asynchronously, so the result
 is ``Ready`` only when each kind's own readiness rule holds (kube-ovn.md section 1.2: Vpc
-``status.standby``, Subnet's ``Ready`` condition), else ``Pending`` with a requeue: waiting
-for the controller is not an error. Objects are found by their ownership labels, so pruning
-and teardown see exactly this service's slice of a project.
+``status.standby``, Subnet's ``Ready`` condition, OvnEip ``status.ready``), else ``Pending``
+with a requeue: waiting for the controller is not an error. Objects are found by their
+ownership labels, so pruning and teardown see exactly this service's slice of a project.
 
 Kube-OVN creates the switch ports of pods and VMs itself, so this backend reports no
 per-NIC member status.
@@ -33,7 +35,7 @@ from vpcbus_vpc.reconciler import GATEWAY_EIP, held_by_peers, ipam_ready
 SERVICE = "vpc"
 FIELD_MANAGER = "vpcbus-vpc"
 #: The kinds of this service's slice, in deletion order.
-KINDS: tuple[str, ...] = tuple(k for k in meta.DELETION_ORDER if k in ("Vpc", "Subnet"))
+KINDS: tuple[str, ...] = tuple(k for k in meta.DELETION_ORDER if k in ("OvnEip", "Vpc", "Subnet"))
 #: How soon a project waiting for Kube-OVN (readiness, a finalizer) is looked at again.
 REQUEUE_SECONDS = 2.0
 
@@ -53,6 +55,8 @@ def not_ready(obj: Object) -> str | None:
             return None
         why = f" ({ready[0].get('reason')})" if ready and ready[0].get("reason") else ""
         return f"{name}: condition Ready is not True{why}"
+    if obj["kind"] == "OvnEip":
+        return None if status.get("ready") is True else f"{name}: status.ready is not true"
     return None
 
 
@@ -91,10 +95,10 @@ class KubeVpcReconciler:
         if isinstance(ready, Result):
             return ready
         _, _, gw = ready
-        want = manifests.manifests(record.spec, gateway_ip=gw.gateway)
+        want = manifests.manifests(record.spec, gateway_ip=gw.gateway, gateway_eip_ip=gw.ip_address)
         stored = await self.slice.apply(ctx.key, want)
         objects = [f"{m['kind']}/{m['metadata']['name']}" for m in want]
-        message = f"Vpc {manifests.vpc_name(record.spec)} standby, subnet ready"
+        message = f"Vpc {manifests.vpc_name(record.spec)} standby on {gw.ip_address}, subnet ready"
         return self.slice.outcome(stored, objects, not_ready, message)
 
     # -- doctor: read-only, as the dry run of the OVN backend -----------------------------
@@ -112,5 +116,5 @@ class KubeVpcReconciler:
         gw = ipam.addresses.eip(GATEWAY_EIP) if ipam and ipam.addresses else None
         if gw is None:
             return self.slice.blocked(ctx.key, "no gateway EIP from ipam")
-        want = manifests.manifests(record.spec, gateway_ip=gw.gateway)
+        want = manifests.manifests(record.spec, gateway_ip=gw.gateway, gateway_eip_ip=gw.ip_address)
         return await self.slice.audit(ctx.key, want)
