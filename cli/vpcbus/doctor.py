@@ -6,7 +6,9 @@ OVN NB (what it would create, change or delete is ``missing``, ``drifted``, ``ex
 ``orphan``), IPAM audits its address book (``leak``, ``duplicate``, ``unbound``, ``dangling``,
 ``outside``, ``orphan``). Then it reads OVN NB itself and cross-checks it with IPAM's
 published allocations and the services' records (:mod:`vpcbus.crosschecks`). Nothing is
-written.
+written. With ``--backend kube-ovn`` (default: ``VPCBUS_BACKEND``, as the services read it)
+there is no OVN NB to read: the services audit their Kube-OVN objects (missing, drifted,
+extra, orphan, by their ownership labels) and the doctor adds no cross-check.
 
 ``--fix``: each service reconciles every project it found something wrong with (the normal
 path) and audits it again; the doctor asks again, about once a second, until nothing is
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 
 import nats.errors
 from nats.errors import NoRespondersError
@@ -36,6 +39,7 @@ from vpcbus.common import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_UNREACHABLE,
+    EXIT_USAGE,
     CliError,
     connect,
     endpoints,
@@ -47,6 +51,7 @@ from vpcbus_proto.endpoints import ERROR_CODE_HEADER, ERROR_HEADER
 from vpcbus_proto.subjects import ServiceName
 from vpcbus_runtime.errors import ReconcileError
 from vpcbus_runtime.ovn import NbSession
+from vpcbus_runtime.settings import BACKENDS
 
 #: Seconds between two rounds of ``--fix``.
 ROUND = 1.0
@@ -102,12 +107,15 @@ async def cross_check(client: Client, nb_db: str, only: str | None) -> list[Find
 
 
 async def audit(
-    client: Client, nb_db: str, req: DoctorRequest, timeout: float
+    client: Client, nb_db: str | None, req: DoctorRequest, timeout: float
 ) -> tuple[list[DoctorReply], list[Finding]]:
-    """Every service's reply, and every finding: the services', then the cross-check's that
-    no service reported (a row is named once)."""
+    """Every service's reply, and every finding: the services', then the cross-check's of
+    OVN NB at ``nb_db`` (None: no NB, the Kube-OVN backend) that no service reported (a row
+    is named once)."""
     replies = list(await asyncio.gather(*(ask(client, s, req, timeout) for s in subjects.SERVICES)))
     found = [f for r in replies for f in r.findings]
+    if nb_db is None:
+        return replies, found
     seen = {(f.project, f.object) for f in found}
     found += [
         f for f in await cross_check(client, nb_db, req.key) if (f.project, f.object) not in seen
@@ -118,7 +126,10 @@ async def audit(
 async def doctor_cmd(args: argparse.Namespace) -> int:
     org, project = parse_ref(args.project) if args.project else (None, None)
     req = DoctorRequest(organization=org, project=project, fix=args.fix)
-    nb_db = endpoints(args.home)["nb"]
+    if args.backend not in BACKENDS:  # a bad VPCBUS_BACKEND (argparse checks only --backend)
+        want = ", ".join(BACKENDS)
+        raise CliError(f"backend {args.backend!r}: want one of {want}", EXIT_USAGE)
+    nb_db = endpoints(args.home)["nb"] if args.backend == "ovn" else None
     client = await connect(args.home)
     try:
         loop = asyncio.get_running_loop()
@@ -186,6 +197,12 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     d.add_argument("-p", "--project", metavar="ORG/PROJECT", help="only this project")
     d.add_argument("--fix", action="store_true", help="reconcile what is wrong, then audit again")
     d.add_argument("--json", action="store_true", help="print the findings as JSON")
+    d.add_argument(
+        "--backend", choices=BACKENDS,
+        default=os.environ.get("VPCBUS_BACKEND", "ovn").strip().lower() or "ovn",
+        help="the services' backend: ovn also cross-checks OVN NB (default: $VPCBUS_BACKEND "
+        "or ovn)",
+    )  # fmt: skip
     d.add_argument(
         "--timeout", type=float, default=60.0,
         help="seconds for an audit, and for --fix altogether (default %(default)s)",

@@ -8,13 +8,15 @@ Kube-OVN's controller would; a deleted FIP's objects are pruned; a hand-deleted 
 back; a stale object of ours is pruned; deletion goes NAT's rules and OvnEips, then the
 router's OvnEip, Subnet, Vpc, and ends in Deleted.
 
-DNS is not started: VPC only waits for a peer that reported something. Tests share one stack
-(module fixtures) and run in file order.
+DNS runs too (its VpcDns is not the subject here) so that ``vpcbus doctor --backend kube-ovn``
+gets every service's audit, and no OVN NB at all. Tests share one stack (module fixtures) and
+run in file order.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 from collections.abc import Awaitable, Callable, Iterator
@@ -53,7 +55,8 @@ def kube_services(
     nats_server: NatsServer, kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceProcs]:
     logs = tmp_path_factory.mktemp("logs")
-    with start_services(nats_server.url, kubeconfig, logs, ("ipam", "vpc", "nat")) as procs:
+    services: tuple[ServiceName, ...] = ("ipam", "vpc", "nat", "dns")
+    with start_services(nats_server.url, kubeconfig, logs, services) as procs:
         yield procs
 
 
@@ -234,6 +237,23 @@ async def test_a_fip_and_a_load_balancer_become_ovn_fip_and_dnat_rules(
     assert apiserver.object(KOVN, "ovn-dnat-rules", f"{N}-svc-api-tcp-80") is not None
 
 
+async def test_doctor_audits_the_kube_objects_and_reads_no_ovn_nb(
+    kube_services: ServiceProcs, nats_server: NatsServer
+) -> None:
+    env = {**os.environ, "NATS_URL": nats_server.url, "VPCBUS_BACKEND": "kube-ovn",
+           "OVN_NB_DB": "unix:/nonexistent/ovnnb_db.sock"}  # fmt: skip
+    res = await helpers.vpcbus(env, "doctor", "--json", "-p", f"{ORG}/{PROJECT}")
+    assert res.returncode == 0, res.stdout + res.stderr
+    report_ = json.loads(res.stdout)
+    assert report_["findings"] == []
+    assert report_["projects"] == {"ipam": 1, "vpc": 1, "nat": 1, "dns": 1}
+    # The OVN backend's doctor would read NB, which is not there.
+    res = await helpers.vpcbus(env, "doctor", "--backend", "ovn", "-p", f"{ORG}/{PROJECT}")
+    assert res.returncode == 4 and "cannot read OVN NB" in res.stderr, res.stderr
+    bad = await helpers.vpcbus({**env, "VPCBUS_BACKEND": "kube"}, "doctor")
+    assert bad.returncode == 2 and "backend 'kube': want one of ovn, kube-ovn" in bad.stderr
+
+
 async def test_hand_deleted_subnet_comes_back_and_stale_objects_go(
     kube_services: ServiceProcs, client: Client, apiserver: FakeApiServer, kube: KubeClient
 ) -> None:
@@ -275,9 +295,10 @@ async def test_deleted_project_goes_nat_rules_and_eips_then_the_network(
             for e in apiserver.store.events
             if e.rv > mark and e.type == "DELETED"
         ]
-    # NAT first (the rules before the OvnEips they hold), then VPC, which waits for NAT:
-    # Kube-DC's order (SNAT rule, OvnEip, Subnet, Vpc).
-    assert deleted == [
+    # NAT first (the rules before the OvnEips they hold), then VPC, which waits for NAT and
+    # DNS: Kube-DC's order (SNAT rule, OvnEip, Subnet, Vpc).
+    dns = {"vpc-dnses", "services", "endpoints"}  # DNS's, in parallel with NAT's
+    assert [d for d in deleted if d[0] not in dns] == [
         ("ovn-dnat-rules", f"{N}-svc-api-tcp-80"),
         ("ovn-dnat-rules", f"{N}-svc-api-udp-53"),
         ("ovn-snat-rules", N),
@@ -286,6 +307,10 @@ async def test_deleted_project_goes_nat_rules_and_eips_then_the_network(
         ("subnets", f"{N}-default"),
         ("vpcs", N),
     ]
+    assert [d for d in deleted if d[0] in dns] == [
+        ("endpoints", "api-ext"), ("services", "api-ext"), ("vpc-dnses", N)
+    ]  # fmt: skip
+    assert deleted.index(("vpc-dnses", N)) < deleted.index(("ovn-eips", f"{N}-ext-cloud"))
     nat = await client.status("nat", ORG, PROJECT)
     assert nat is None or nat.state == "Deleted"
 
