@@ -5,13 +5,20 @@ which project they belong to; that is how they are found again (``owned_keys``, 
 teardown, the doctor's audit), so a service only ever touches its own slice. Applying is
 server-side apply with the service's field manager, then pruning what the desired slice no
 longer has; teardown deletes kind by kind in deletion order and waits while a kind is still
-there (a finalizer), so an object never goes before what holds it.
+there (a finalizer), so an object never goes before what holds it. A slice that spans API
+groups (Kube-OVN kinds and core or Multus kinds) is a :class:`SliceGroup`.
+
+The audit's default drift rule is :func:`covers` on ``spec``: the stored object must have
+every field we set, with our value; fields the API server or Kube-OVN's controller add
+(defaults such as a Subnet's ``enableLb`` or ``gatewayType``) are not drift, as they are not
+ours under server-side apply.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -36,7 +43,7 @@ class Slice:
     field_manager: str
     #: How soon a project waiting on Kubernetes (a finalizer) is looked at again.
     requeue_after: float = 2.0
-    #: The audit's drift rule (stored, desired) -> differs; the default compares ``spec``.
+    #: The audit's drift rule (stored, desired) -> differs; the default: ``spec`` not covered.
     differs: Callable[[Object, Object], bool] | None = None
 
     def selector(self, key: str | None = None) -> str:
@@ -136,8 +143,73 @@ class Slice:
         return out
 
 
+def covers(stored: Any, want: Any) -> bool:
+    """Whether ``stored`` has every field of ``want`` (maps: recursively; lists: the same
+    length, item by item; anything else: equal), so fields others add are no drift."""
+    if isinstance(want, dict):
+        return isinstance(stored, dict) and all(
+            k in stored and covers(stored[k], v) for k, v in want.items()
+        )
+    if isinstance(want, list):
+        return (
+            isinstance(stored, list)
+            and len(stored) == len(want)
+            and all(covers(s, w) for s, w in zip(stored, want, strict=True))
+        )
+    return bool(stored == want)
+
+
 def _spec_differs(stored: Object, want: Object) -> bool:
-    return bool(stored.get("spec") != want["spec"])
+    return not covers(stored.get("spec"), want["spec"])
+
+
+@dataclass(frozen=True)
+class SliceGroup:
+    """One service's slice over several API groups: a :class:`Slice` per group, listed in
+    deletion order (applied in the reverse order: what the later parts refer to first)."""
+
+    parts: tuple[Slice, ...]
+
+    def _mine(self, part: Slice, want: Sequence[Object]) -> list[Object]:
+        return [m for m in want if m["apiVersion"] == part.api_version]
+
+    async def owned_keys(self) -> list[str]:
+        keys: set[str] = set()
+        for part in self.parts:
+            keys |= set(await part.owned_keys())
+        return sorted(keys)
+
+    async def apply(self, key: str, want: Sequence[Object]) -> list[Object]:
+        """Each part's objects of ``want`` applied (and its stale ones pruned), the last part
+        first; the stored objects."""
+        stored: list[Object] = []
+        for part in reversed(self.parts):
+            stored += await part.apply(key, self._mine(part, want))
+        return stored
+
+    async def teardown(self, key: str) -> Result:
+        """Part by part in deletion order; the first that is not gone yet answers."""
+        for part in self.parts:
+            result = await part.teardown(key)
+            if result.state != "Deleted":
+                return result
+        return Result("Deleted", "TornDown")
+
+    async def audit(self, key: str, want: Sequence[Object] | None) -> list[Finding]:
+        out: list[Finding] = []
+        for part in self.parts:
+            out += await part.audit(key, None if want is None else self._mine(part, want))
+        return out
+
+    @property
+    def outcome(self) -> Callable[..., Result]:
+        """:meth:`Slice.outcome` (of the first part: readiness is the objects' own rule)."""
+        return self.parts[0].outcome
+
+    @property
+    def blocked(self) -> Callable[[str, str], list[Finding]]:
+        """:meth:`Slice.blocked`, as the first part answers it."""
+        return self.parts[0].blocked
 
 
 def _namespace(obj: Object) -> str | None:

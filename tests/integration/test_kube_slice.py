@@ -1,6 +1,7 @@
-"""``vpcbus_runtime.kubeslice.Slice`` against the fake API server with the real client: a
-service's slice is found by its labels only, applied and pruned, torn down in order, and
-audited (missing, drifted, extra, orphan) without writing."""
+"""``vpcbus_runtime.kubeslice`` (``Slice``, ``SliceGroup``) against the fake API server with
+the real client: a service's slice is found by its labels only, applied and pruned, torn
+down in order, and audited (missing, drifted, extra, orphan) without writing; fields others
+add are no drift."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from tests.kube.apiserver import FakeApiServer
 from tests.kube.fixtures import apiserver_fixture, kube_fixture, kubeconfig_fixture  # noqa: F401
 from vpcbus_runtime.kube import KubeClient
-from vpcbus_runtime.kubeslice import Slice
+from vpcbus_runtime.kubeslice import Slice, SliceGroup
 
 pytestmark = [pytest.mark.connected]
 
@@ -64,3 +65,58 @@ async def test_apply_prune_audit_and_teardown_touch_only_the_slice(
     with apiserver.store.cond:
         deleted = [e.key[3] for e in apiserver.store.events if e.rv > mark and e.type == "DELETED"]
     assert deleted == ["acme-shop-default", "acme-shop"], "the slice's order: Subnet, then Vpc"
+
+
+async def test_fields_others_add_are_no_drift_but_a_changed_field_of_ours_is(
+    kube: KubeClient,
+) -> None:
+    """Kube-OVN's controller writes defaults into specs we apply (a Subnet's ``enableLb``);
+    under server-side apply those fields are not ours, so the audit does not call them drift."""
+    s = Slice(kube, "vpc", API, ("Subnet",), labels=LABELS,
+              project_label="vpcbus.io/project", field_manager="vpcbus-vpc")  # fmt: skip
+    want = [obj("Subnet", "acme-shop-default", cidrBlock="10.0.0.0/24", excludeIps=["10.0.0.1"])]
+    await s.apply("acme.shop", want)
+    added = {"apiVersion": API, "kind": "Subnet", "metadata": {"name": "acme-shop-default"},
+             "spec": {"enableLb": True, "gatewayType": "distributed"}}  # fmt: skip
+    await kube.apply(added, field_manager="kube-ovn-controller")
+    stored = await kube.get(API, "Subnet", "acme-shop-default")
+    assert stored is not None and stored["spec"]["enableLb"] is True
+    assert await s.audit("acme.shop", want) == []
+    changed = {**added, "spec": {"excludeIps": ["10.0.0.1", "10.0.0.9"]}}
+    await kube.apply(changed, field_manager="kube-ovn-controller", force=True)
+    found = [(f.kind, f.object) for f in await s.audit("acme.shop", want)]
+    assert found == [("drifted", "Subnet/acme-shop-default")]
+
+
+async def test_a_slice_group_applies_the_last_part_first_and_tears_down_in_order(
+    kube: KubeClient, apiserver: FakeApiServer
+) -> None:
+    nad_api = "k8s.cni.cncf.io/v1"
+    own = {**LABELS, "vpcbus.io/project": "acme.shop"}
+    nad = {"apiVersion": nad_api, "kind": "NetworkAttachmentDefinition",
+           "metadata": {"name": "default", "namespace": "acme-shop", "labels": own},
+           "spec": {"config": "{}"}}  # fmt: skip
+    kw: Any = {"labels": LABELS, "project_label": "vpcbus.io/project",
+               "field_manager": "vpcbus-vpc"}  # fmt: skip
+    group = SliceGroup((
+        Slice(kube, "vpc", nad_api, ("NetworkAttachmentDefinition",), **kw),
+        Slice(kube, "vpc", API, ("Subnet", "Vpc"), **kw),
+    ))  # fmt: skip
+    want = [nad, obj("Vpc", "acme-shop"), obj("Subnet", "acme-shop-default")]
+    stored = await group.apply("acme.shop", want)
+    assert [o["kind"] for o in stored] == ["Vpc", "Subnet", "NetworkAttachmentDefinition"]
+    assert await group.owned_keys() == ["acme.shop"]
+    assert await group.audit("acme.shop", want) == []
+    orphans = {(f.kind, f.object) for f in await group.audit("acme.shop", None)}
+    assert orphans == {
+        ("orphan", "NetworkAttachmentDefinition/default"),
+        ("orphan", "Vpc/acme-shop"),
+        ("orphan", "Subnet/acme-shop-default"),
+    }
+    with apiserver.store.cond:
+        mark = apiserver.store.rv
+    result = await group.teardown("acme.shop")
+    assert (result.state, result.reason) == ("Deleted", "TornDown")
+    with apiserver.store.cond:
+        deleted = [e.key[3] for e in apiserver.store.events if e.rv > mark and e.type == "DELETED"]
+    assert deleted == ["default", "acme-shop-default", "acme-shop"]

@@ -43,7 +43,7 @@ from vpcbus_proto.doctor import Finding
 from vpcbus_proto.subjects import ServiceName
 from vpcbus_proto.zones import ZoneRecord, ZoneReply
 from vpcbus_runtime.kube import KubeClient, Object
-from vpcbus_runtime.kubeslice import Slice
+from vpcbus_runtime.kubeslice import Slice, SliceGroup, covers
 from vpcbus_runtime.reconciling import Context, ProjectEndpoint, Result
 
 SERVICE = "dns"
@@ -69,23 +69,6 @@ def not_ready(obj: Object) -> str | None:
     return f"VpcDns {obj['metadata']['name']}: status.active is not true"
 
 
-def covers(stored: Any, want: Any) -> bool:
-    """Whether ``stored`` has every field of ``want`` (maps: recursively; anything else:
-    equal), so defaults the API server adds (a Service's ``type``, ``sessionAffinity``)
-    are no drift."""
-    if isinstance(want, dict):
-        return isinstance(stored, dict) and all(
-            k in stored and covers(stored[k], v) for k, v in want.items()
-        )
-    if isinstance(want, list):
-        return (
-            isinstance(stored, list)
-            and len(stored) == len(want)
-            and all(covers(s, w) for s, w in zip(stored, want, strict=True))
-        )
-    return bool(stored == want)
-
-
 def core_differs(stored: Object, want: Object) -> bool:
     """The audit's drift rule for Service (``spec``) and Endpoints (``subsets``)."""
     body = "spec" if want["kind"] == "Service" else "subsets"
@@ -108,33 +91,31 @@ class KubeDnsReconciler:
             kube, SERVICE, meta.KUBEOVN, KUBEOVN_KINDS, labels=own, project_label=meta.PROJECT,
             field_manager=FIELD_MANAGER, requeue_after=requeue_after,
         )  # fmt: skip
+        # Deleted core first; applied VpcDns first (the -ext names are only of use inside a
+        # VPC that has its DNS).
+        self.slice = SliceGroup((self.core, self.kubeovn))
         self.endpoints: Mapping[str, ProjectEndpoint] = {"zone": self.zone}
 
     def close(self) -> None:
         """Nothing to do synchronously: the client's pool closes with the process."""
 
     async def owned_keys(self) -> Sequence[str]:
-        return sorted(set(await self.core.owned_keys()) | set(await self.kubeovn.owned_keys()))
+        return await self.slice.owned_keys()
 
     async def reconcile(self, ctx: Context) -> Result:
         record = ctx.record
         if record is None or record.spec is None:
-            core = await self.core.teardown(ctx.key)
-            if core.state != "Deleted":
-                return core
-            return await self.kubeovn.teardown(ctx.key)
+            return await self.slice.teardown(ctx.key)
         facts = await peers_ready(ctx, record.generation)
         if isinstance(facts, Result):
             return facts
         spec = record.spec
         want = manifests.from_facts(spec, facts)
-        # VpcDns first: the -ext names are only of use inside a VPC that has its DNS.
-        stored = await self.kubeovn.apply(ctx.key, [m for m in want if m["kind"] == "VpcDns"])
-        stored += await self.core.apply(ctx.key, [m for m in want if m["kind"] != "VpcDns"])
+        stored = await self.slice.apply(ctx.key, want)
         objects = [f"{m['kind']}/{m['metadata']['name']}" for m in want]
         ext = [m["metadata"]["name"] for m in want if m["kind"] == "Service"]
         message = f"VpcDns {spec.namespace} active, {len(ext)} -ext service(s)"
-        return self.kubeovn.outcome(stored, objects, not_ready, message)
+        return self.slice.outcome(stored, objects, not_ready, message)
 
     # -- doctor: read-only, instead of a dry-run reconcile (which would write) ------------
 
@@ -145,18 +126,11 @@ class KubeDnsReconciler:
         """This project's objects against its desired slice; writes nothing."""
         record = ctx.record
         if record is None or record.spec is None:
-            return [
-                *await self.core.audit(ctx.key, None),
-                *await self.kubeovn.audit(ctx.key, None),
-            ]
+            return await self.slice.audit(ctx.key, None)
         facts = await ipam_facts(ctx)
         if facts is None:
-            return self.kubeovn.blocked(ctx.key, "no addresses from ipam at this generation")
-        want = manifests.from_facts(record.spec, facts)
-        return [
-            *await self.core.audit(ctx.key, [m for m in want if m["kind"] != "VpcDns"]),
-            *await self.kubeovn.audit(ctx.key, [m for m in want if m["kind"] == "VpcDns"]),
-        ]
+            return self.slice.blocked(ctx.key, "no addresses from ipam at this generation")
+        return await self.slice.audit(ctx.key, manifests.from_facts(record.spec, facts))
 
     async def zone(self, ctx: Context) -> ZoneReply:
         """The ``-ext`` names the project's stored Endpoints give the cluster DNS, each
