@@ -16,6 +16,8 @@ from vpcbus_proto.projects import ProjectSpec
 
 #: Group/version of every Kube-OVN kind we emit (all cluster-scoped).
 KUBEOVN = "kubeovn.io/v1"
+#: Group/version of Multus' ``NetworkAttachmentDefinition`` (namespaced).
+NAD_API = "k8s.cni.cncf.io/v1"
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
 PROJECT = "vpcbus.io/project"
@@ -23,7 +25,8 @@ OWNER = "vpcbus.io/owner"
 
 #: Deletion order, by kind: the ``<svc>-ext`` aliases first; then the NAT rules, which hold
 #: their OvnEip (Kube-OVN refuses to delete an OvnEip a rule uses); the OvnEips; VPC DNS (it
-#: names the VPC and subnet); the Subnet, which must go before its Vpc (the Vpc's finalizer
+#: names the VPC and subnet); the workloads' attachment (NAD ``default``, Kube-DC deletes it
+#: before the Subnet); the Subnet, which must go before its Vpc (the Vpc's finalizer
 #: waits for ``status.subnets`` to empty). Kube-DC's order (reference: kube-dc-networking.md
 #: section 2.4): FIPs, SNAT, OvnEip, Subnet, Vpc.
 DELETION_ORDER: tuple[str, ...] = (
@@ -34,6 +37,7 @@ DELETION_ORDER: tuple[str, ...] = (
     "OvnSnatRule",
     "OvnEip",
     "VpcDns",
+    "NetworkAttachmentDefinition",
     "Subnet",
     "Vpc",
 )
@@ -47,6 +51,7 @@ APPLY_ORDER: tuple[str, ...] = (
     "OvnEip",
     "Vpc",
     "Subnet",
+    "NetworkAttachmentDefinition",
     "VpcDns",
     "OvnSnatRule",
     "OvnDnatRule",

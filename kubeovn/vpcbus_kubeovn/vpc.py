@@ -1,6 +1,7 @@
 """A project's VPC as Kube-OVN objects (owner ``vpc``): the router's external address
-``OvnEip`` ``N-ext-<network>``, ``Vpc`` ``N`` and ``Subnet`` ``N-default``, ``N`` being the
-backing namespace ``<org>-<project>``.
+``OvnEip`` ``N-ext-<network>``, ``Vpc`` ``N``, ``Subnet`` ``N-default`` and the workloads'
+attachment ``NetworkAttachmentDefinition`` ``default`` in namespace ``N`` (KubeVirt VMs use
+``networkName: N/default``), ``N`` being the backing namespace ``<org>-<project>``.
 
 The same network as the VPC service's OVN backend (:mod:`vpcbus_vpc.desired`): router ``N``
 with a LAN port at the project gateway, an external port on ``ext-<network>`` and the default
@@ -21,13 +22,18 @@ the values it would write, so re-applying this slice does not fight the controll
 from __future__ import annotations
 
 import ipaddress
+import json
 from collections.abc import Sequence
 
-from vpcbus_kubeovn.meta import Manifest, kubeovn, labels, ovn_eip
+from vpcbus_kubeovn.meta import NAD_API, Manifest, kubeovn, labels, ovn_eip
 from vpcbus_proto import names
 from vpcbus_proto.projects import ProjectSpec
 
 OWNER = "vpc"
+#: The name of the project's default attachment (Kube-DC: ``N/default``).
+NAD_NAME = "default"
+#: Where Kube-OVN's CNI daemon listens on every node (its documented default).
+CNI_SOCKET = "/run/openvswitch/kube-ovn-daemon.sock"
 
 
 def vpc_name(spec: ProjectSpec) -> str:
@@ -105,6 +111,29 @@ def subnet(spec: ProjectSpec, *, exclude_ips: Sequence[str] = ()) -> Manifest:
     return kubeovn("Subnet", subnet_name(spec), labels(spec.organization, spec.name, OWNER), body)
 
 
+def attachment(spec: ProjectSpec) -> Manifest:
+    """``NetworkAttachmentDefinition`` ``default`` in ``N``: Kube-OVN's CNI with provider
+    ``default.N.ovn`` (Kube-OVN's ``<nad>.<namespace>.ovn`` for an attachment it serves). No
+    Subnet carries that provider, so Kube-OVN gives a workload on it an address of the
+    namespace's subnet, ``N-default``: the same network as a pod's primary interface."""
+    config = {
+        "cniVersion": "0.3.1",
+        "type": "kube-ovn",
+        "server_socket": CNI_SOCKET,
+        "provider": f"{NAD_NAME}.{spec.namespace}.ovn",
+    }
+    return {
+        "apiVersion": NAD_API,
+        "kind": "NetworkAttachmentDefinition",
+        "metadata": {
+            "name": NAD_NAME,
+            "namespace": spec.namespace,
+            "labels": labels(spec.organization, spec.name, OWNER),
+        },
+        "spec": {"config": json.dumps(config, separators=(",", ":"))},
+    }
+
+
 def manifests(
     spec: ProjectSpec,
     *,
@@ -118,6 +147,7 @@ def manifests(
         gateway_eip(spec, v4_ip=gateway_eip_ip),
         vpc(spec, gateway_ip=gateway_ip),
         subnet(spec, exclude_ips=exclude_ips),
+        attachment(spec),
     ]
 
 

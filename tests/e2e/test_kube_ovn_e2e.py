@@ -1,7 +1,8 @@
 """vpcbus on a real cluster with Kube-OVN: IPAM, VPC and NAT (``VPCBUS_BACKEND=kube-ovn``) as
 real processes against a real nats-server (the repo's fixture) and the cluster ``KUBECONFIG``
 names. A project becomes a ``Vpc`` that Kube-OVN reports standby, a ``Subnet`` it reports
-Ready, the gateway ``OvnEip`` and an ``OvnSnatRule`` it reports ready, written the way Kube-DC
+Ready, the gateway ``OvnEip`` and an ``OvnSnatRule`` it reports ready, the workloads'
+``NetworkAttachmentDefinition`` ``default``, written the way Kube-DC
 writes them; deleting the project removes them in Kube-DC's order (SNAT rule, OvnEip, Subnet,
 Vpc) and leaves nothing of ours behind.
 
@@ -35,6 +36,7 @@ from vpcbus_runtime.kube import KubeClient
 pytestmark = [pytest.mark.connected, pytest.mark.slow]
 
 KOVN = "kubeovn.io/v1"
+NAD_API = "k8s.cni.cncf.io/v1"
 EXTERNAL_SUBNET = "ext-cloud"  # Kube-DC's cloud network (installer default EXT_NET_NAME)
 SERVICES = ("ipam", "vpc", "nat")
 #: Kube-DC's e2e waits up to 120 s for a project; Kube-OVN's framework up to 2 min per object.
@@ -74,6 +76,10 @@ async def _probe(kubeconfig: str) -> Cluster:
             pytest.skip(f"the cluster of KUBECONFIG={kubeconfig} is not reachable: {exc.message}")
         except PermanentError as exc:
             pytest.skip(f"Kube-OVN's CRDs are not installed (kubeovn.io/v1 vpcs): {exc.message}")
+        try:
+            await kube.list(NAD_API, "NetworkAttachmentDefinition", "default")
+        except PermanentError as exc:
+            pytest.skip(f"Multus' NetworkAttachmentDefinition CRD is not installed: {exc.message}")
         subnet = await kube.get(KOVN, "Subnet", EXTERNAL_SUBNET)
         if subnet is None:
             pytest.skip(f"no Kube-OVN Subnet {EXTERNAL_SUBNET} (the external network of Kube-DC "
@@ -217,7 +223,15 @@ async def test_a_project_is_built_on_kube_ovn_and_torn_down_in_kube_dc_order(
         assert snat is not None and (snat.get("status") or {}).get("ready") is True, snat
         assert snat["spec"]["ovnEip"] == names["OvnEip"]
         assert snat["spec"]["vpcSubnet"] == names["Subnet"]
-        for obj, owner in ((vpc, "vpc"), (subnet, "vpc"), (eip, "vpc"), (snat, "nat")):
+        nad = await kube.get(NAD_API, "NetworkAttachmentDefinition", "default", n)
+        assert nad is not None and f'"provider":"default.{n}.ovn"' in nad["spec"]["config"], nad
+        for obj, owner in (
+            (vpc, "vpc"),
+            (subnet, "vpc"),
+            (eip, "vpc"),
+            (snat, "nat"),
+            (nad, "vpc"),
+        ):
             assert obj["metadata"]["labels"]["vpcbus.io/project"] == key
             managers = {m.get("manager") for m in obj["metadata"].get("managedFields") or []}
             assert f"vpcbus-{owner}" in managers, obj["metadata"]

@@ -585,7 +585,9 @@ def member_problems(st: ServiceStatus, want: Expected, project: str) -> list[str
     eips = {e.name for e in facts.eips}
     want_eips = {"default-gw"} | {m.split(".", 1)[1] for m in members if m.startswith("eip.")}
     key = names.project_key(ORG, project)
-    want_eips |= {names.fip_eip_name(key, m.split(".", 1)[1]) for m in members if m.startswith("fip.")}
+    want_eips |= {
+        names.fip_eip_name(key, m.split(".", 1)[1]) for m in members if m.startswith("fip.")
+    }
     if "service.s-own" in members:
         want_eips.add(names.service_eip_name(key, "s-own"))
     if eips != want_eips:

@@ -1,12 +1,13 @@
 """The Kube-OVN backends of VPC and NAT end to end: the fake API server in the test process,
 a real nats-server, IPAM, VPC and NAT as real processes (``VPCBUS_BACKEND=kube-ovn``,
 ``KUBECONFIG`` at the fake). A project becomes the router's ``lrp`` OvnEip (pinned to IPAM's
-``default-gw``), a ``Vpc``, a ``Subnet`` and an ``OvnSnatRule``; a FIP and a LoadBalancer
+``default-gw``), a ``Vpc``, a ``Subnet``, the workloads' ``NetworkAttachmentDefinition``
+``default`` and an ``OvnSnatRule``; a FIP and a LoadBalancer
 service become their own OvnEips, an ``OvnFip`` and ``OvnDnatRule`` objects; everything passes
 Kube-OVN's strict CRD schemas; each service stays Pending until the test writes the status
 Kube-OVN's controller would; a deleted FIP's objects are pruned; a hand-deleted object comes
 back; a stale object of ours is pruned; deletion goes NAT's rules and OvnEips, then the
-router's OvnEip, Subnet, Vpc, and ends in Deleted.
+attachment NAD, the router's OvnEip, Subnet, Vpc, and ends in Deleted.
 
 DNS runs too (its VpcDns is not the subject here) so that ``vpcbus doctor --backend kube-ovn``
 gets every service's audit, and no OVN NB at all. Tests share one stack (module fixtures) and
@@ -32,7 +33,15 @@ from tests.kube.fixtures import (  # noqa: F401
     module_apiserver_fixture,
     module_kubeconfig_fixture,
 )
-from tests.kube.stack import KOVN, network_ready, report, schema_errors, start_services, until
+from tests.kube.stack import (
+    KOVN,
+    NAD_API,
+    network_ready,
+    report,
+    schema_errors,
+    start_services,
+    until,
+)
 from tests.kube.stack import status_is as _status_is
 from vpcbus.client import Client
 from vpcbus.embedded.natsd import NatsServer
@@ -84,9 +93,10 @@ async def test_project_is_applied_and_ready_only_once_kube_ovn_says_so(
     want = {("vpcs", N), ("subnets", f"{N}-default"), ("ovn-eips", f"{N}-ext-cloud")}
 
     async def applied() -> bool:
-        return all(apiserver.object(KOVN, plural, name) for plural, name in want)
+        nad = apiserver.object(NAD_API, "network-attachment-definitions", "default", N)
+        return nad is not None and all(apiserver.object(KOVN, p, n) for p, n in want)
 
-    await until(applied, "OvnEip, Vpc and Subnet applied", kube_services)
+    await until(applied, "OvnEip, Vpc, Subnet and NAD applied", kube_services)
     vpc = apiserver.object(KOVN, "vpcs", N)
     subnet = apiserver.object(KOVN, "subnets", f"{N}-default")
     lrp = apiserver.object(KOVN, "ovn-eips", f"{N}-ext-cloud")
@@ -109,6 +119,10 @@ async def test_project_is_applied_and_ready_only_once_kube_ovn_says_so(
     ]
     assert subnet["spec"]["vpc"] == N and subnet["spec"]["cidrBlock"] == "10.0.0.0/24"
     assert subnet["spec"]["gateway"] == "10.0.0.1" and subnet["spec"]["namespaces"] == [N]
+    # The workloads' attachment N/default: Kube-OVN's CNI, in the project's namespace.
+    nad = apiserver.object(NAD_API, "network-attachment-definitions", "default", N)
+    assert nad is not None and nad["metadata"]["labels"] == {**LABELS, "vpcbus.io/owner": "vpc"}
+    assert json.loads(nad["spec"]["config"])["provider"] == f"default.{N}.ovn"
 
     pending = await until(
         status_is(client, "Pending", "WaitingForKubeOvn", published.generation),
@@ -129,7 +143,10 @@ async def test_project_is_applied_and_ready_only_once_kube_ovn_says_so(
     ready = await until(
         status_is(client, "Ready", "Reconciled", published.generation), "VPC Ready", kube_services
     )
-    assert set(ready.objects) == {f"OvnEip/{N}-ext-cloud", f"Vpc/{N}", f"Subnet/{N}-default"}
+    assert set(ready.objects) == {
+        f"OvnEip/{N}-ext-cloud", f"Vpc/{N}", f"Subnet/{N}-default",
+        "NetworkAttachmentDefinition/default",
+    }  # fmt: skip
 
 
 async def _message_without(client: Client, text: str) -> bool:
@@ -303,6 +320,7 @@ async def test_deleted_project_goes_nat_rules_and_eips_then_the_network(
         ("ovn-dnat-rules", f"{N}-svc-api-udp-53"),
         ("ovn-snat-rules", N),
         ("ovn-eips", f"{N}-slb-api"),
+        ("network-attachment-definitions", "default"),
         ("ovn-eips", f"{N}-ext-cloud"),
         ("subnets", f"{N}-default"),
         ("vpcs", N),

@@ -4,7 +4,7 @@ real nats-server, IPAM, VPC and DNS as real processes (``VPCBUS_BACKEND=kube-ovn
 and stays Pending until the test writes ``status.active``; a LoadBalancer service on the
 default-gw EIP gets its ``<svc>-ext`` headless Service and Endpoints at the ingress IP, and
 loses them when it is deleted; deleting the project goes Endpoints, Service, VpcDns, then
-VPC's OvnEip, Subnet and Vpc. DNS's doctor endpoint finds the converged slice clean.
+VPC's NAD, OvnEip, Subnet and Vpc. DNS's doctor endpoint finds the converged slice clean.
 
 NAT is not started: neither DNS nor VPC waits for a peer that never reported. Tests share
 one stack (module fixtures) and run in file order.
@@ -197,6 +197,7 @@ async def test_deleted_project_goes_endpoints_service_vpc_dns_then_the_network(
         ("endpoints", "api-ext"),
         ("services", "api-ext"),
         ("vpc-dnses", N),
+        ("network-attachment-definitions", "default"),
         ("ovn-eips", f"{N}-ext-cloud"),
         ("subnets", f"{N}-default"),
         ("vpcs", N),

@@ -1,5 +1,6 @@
 """``vpcbus render kube-ovn`` as a user runs it (a subprocess): the YAML stream parses, every
-document validates against Kube-OVN's CRD schemas (tests/data/kubeovn-crds), in apply order;
+document validates against Kube-OVN's CRD schemas (tests/data/kubeovn-crds; Multus' for the
+NetworkAttachmentDefinition), in apply order;
 bad input is ``error: ...`` and a non-zero exit. Offline: no bus, no OVN."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import yaml
 from tests.integration.helpers import vpcbus
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "data" / "kubeovn-crds"
+NAD_SCHEMA = SCHEMAS.parent / "multus-crds" / "NetworkAttachmentDefinition.json"
 
 
 def env() -> dict[str, str]:
@@ -29,9 +31,13 @@ async def test_render_prints_a_valid_stream_in_apply_order() -> None:
     assert res.returncode == 0, res.stderr
     docs = list(yaml.safe_load_all(res.stdout))
     kinds = [d["kind"] for d in docs]
-    assert kinds == ["OvnEip", "OvnEip", "OvnEip", "Vpc", "Subnet", "VpcDns", "OvnSnatRule"]
+    assert kinds == [
+        "OvnEip", "OvnEip", "OvnEip", "Vpc", "Subnet", "NetworkAttachmentDefinition", "VpcDns",
+        "OvnSnatRule",
+    ]  # fmt: skip
     for d in docs:
-        schema = json.loads((SCHEMAS / f"{d['kind']}.json").read_text())
+        nad = d["kind"] == "NetworkAttachmentDefinition"
+        schema = json.loads((NAD_SCHEMA if nad else SCHEMAS / f"{d['kind']}.json").read_text())
         errors = [e.message for e in jsonschema.Draft7Validator(schema).iter_errors(d)]
         assert not errors, f"{d['kind']}: {errors}"
         assert d["metadata"]["labels"]["vpcbus.io/project"] == "acme.shop"

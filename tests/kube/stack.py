@@ -23,6 +23,7 @@ from vpcbus_proto.subjects import ServiceName
 from vpcbus_runtime.kube import KubeClient
 
 KOVN = "kubeovn.io/v1"
+NAD_API = "k8s.cni.cncf.io/v1"
 #: The field manager standing in for Kube-OVN's controller.
 CONTROLLER = "kube-ovn-controller"
 SCHEMAS = Path(__file__).resolve().parents[1] / "data" / "kubeovn-crds"

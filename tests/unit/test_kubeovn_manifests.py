@@ -37,6 +37,7 @@ from vpcbus_proto.status import AddressFacts, ExternalAddress, FloatingIp, LoadB
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 SCHEMAS = DATA / "kubeovn-crds"
+NAD_SCHEMA = DATA / "multus-crds" / "NetworkAttachmentDefinition.json"
 GOLDEN = DATA / "kubeovn-golden" / "acme-shop.yaml"
 CORE = {"Service", "Endpoints"}
 _LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
@@ -48,7 +49,8 @@ SPEC = ProjectSpec(
 
 @cache
 def validator(kind: str) -> jsonschema.Draft7Validator:
-    schema = json.loads((SCHEMAS / f"{kind}.json").read_text())
+    path = NAD_SCHEMA if kind == "NetworkAttachmentDefinition" else SCHEMAS / f"{kind}.json"
+    schema = json.loads(path.read_text())
     jsonschema.Draft7Validator.check_schema(schema)
     return jsonschema.Draft7Validator(schema)
 
@@ -71,6 +73,15 @@ def check(objects: list[dict[str, Any]], spec: ProjectSpec) -> None:
             assert m["apiVersion"] == "v1" and meta["namespace"] == spec.namespace
             assert is_service_name(name), name
             assert labels["vpcbus.io/owner"] == "dns"
+        elif kind == "NetworkAttachmentDefinition":
+            assert not list(validator(kind).iter_errors(m))
+            assert (name, meta["namespace"]) == ("default", spec.namespace)
+            assert labels["vpcbus.io/owner"] == "vpc"
+            # Kube-OVN's CNI serving attachment N/default (provider <nad>.<namespace>.ovn).
+            config = json.loads(m["spec"]["config"])
+            assert config["type"] == "kube-ovn"
+            assert config["provider"] == f"default.{spec.namespace}.ovn"
+            assert config["server_socket"] == "/run/openvswitch/kube-ovn-daemon.sock"
         else:
             errors = [e.message for e in validator(kind).iter_errors(m)]
             assert not errors, f"{kind}/{name}: {errors}"
@@ -150,13 +161,14 @@ def sample() -> list[dict[str, Any]]:
 
 def test_minimal_project_is_kube_dc_shape() -> None:
     """Kube-DC's objects for a cloud project: Vpc N, Subnet N-default, OvnEip N-ext-cloud on
-    ext-cloud, OvnSnatRule N on it, VpcDns N."""
+    ext-cloud, NAD N/default, OvnSnatRule N on it, VpcDns N."""
     objects = manifests(SPEC)
     check(objects, SPEC)
     assert [(m["kind"], m["metadata"]["name"]) for m in objects] == [
         ("OvnEip", "acme-shop-ext-cloud"),
         ("Vpc", "acme-shop"),
         ("Subnet", "acme-shop-default"),
+        ("NetworkAttachmentDefinition", "default"),
         ("VpcDns", "acme-shop"),
         ("OvnSnatRule", "acme-shop"),
     ]
@@ -168,8 +180,8 @@ def test_minimal_project_is_kube_dc_shape() -> None:
     assert s["excludeIps"] == ["10.0.0.1"] and s["namespaces"] == ["acme-shop"]
     assert (s["protocol"], s["provider"]) == ("IPv4", "ovn")
     assert objects[0]["spec"] == {"externalSubnet": "ext-cloud", "type": "lrp"}
-    assert objects[4]["spec"] == {"ovnEip": "acme-shop-ext-cloud", "vpcSubnet": "acme-shop-default"}
-    assert objects[3]["spec"] == {"vpc": "acme-shop", "subnet": "acme-shop-default"}
+    assert objects[5]["spec"] == {"ovnEip": "acme-shop-ext-cloud", "vpcSubnet": "acme-shop-default"}
+    assert objects[4]["spec"] == {"vpc": "acme-shop", "subnet": "acme-shop-default"}
 
 
 def test_gateway_public_egress_and_lan_gateway() -> None:
@@ -298,6 +310,7 @@ def test_owners_per_slice_and_deletion_order() -> None:
     assert owners == {
         "Vpc": "vpc", "Subnet": "vpc", "OvnEip": "nat", "OvnSnatRule": "nat", "OvnFip": "nat",
         "OvnDnatRule": "nat", "VpcDns": "dns", "Service": "dns", "Endpoints": "dns",
+        "NetworkAttachmentDefinition": "vpc",
     }  # fmt: skip
     assert set(owners) == set(DELETION_ORDER), "an emitted kind has no place in DELETION_ORDER"
     assert sorted(APPLY_ORDER) == sorted(DELETION_ORDER)

@@ -1,13 +1,15 @@
 """The VPC service's Kube-OVN backend: the project's ``Vpc`` and ``Subnet`` as custom
-resources, and the router's external address (``lrp`` ``OvnEip`` ``N-ext-<network>``, pinned
-to the ``default-gw`` address IPAM allocated, applied before the Vpc so Kube-OVN uses it),
-server-side applied with our own field manager (``VPCBUS_BACKEND=kube-ovn``).
+resources, the router's external address (``lrp`` ``OvnEip`` ``N-ext-<network>``, pinned to
+the ``default-gw`` address IPAM allocated, applied before the Vpc so Kube-OVN uses it) and
+the workloads' attachment (``NetworkAttachmentDefinition`` ``default`` in ``N``, Multus'
+kind), server-side applied with our own field manager (``VPCBUS_BACKEND=kube-ovn``).
 
 The same contract as the OVN backend (:class:`vpcbus_vpc.reconciler.VpcReconciler`): build
 once IPAM reports the project Ready at the record's generation, tear down once NAT and DNS
 have released it. Kube-OVN builds the network from the objects asynchronously, so the result
 is ``Ready`` only when each kind's own readiness rule holds (kube-ovn.md section 1.2: Vpc
-``status.standby``, Subnet's ``Ready`` condition, OvnEip ``status.ready``), else ``Pending``
+``status.standby``, Subnet's ``Ready`` condition, OvnEip ``status.ready``; the attachment
+once stored), else ``Pending``
 with a requeue: waiting for the controller is not an error. Objects are found by their
 ownership labels, so pruning and teardown see exactly this service's slice of a project.
 
@@ -28,7 +30,7 @@ from vpcbus_proto.doctor import Finding
 from vpcbus_proto.status import ServiceStatus
 from vpcbus_proto.subjects import ServiceName
 from vpcbus_runtime.kube import KubeClient, Object
-from vpcbus_runtime.kubeslice import Slice
+from vpcbus_runtime.kubeslice import Slice, SliceGroup
 from vpcbus_runtime.reconciling import Context, Result
 from vpcbus_vpc.reconciler import GATEWAY_EIP, held_by_peers, ipam_ready
 
@@ -36,6 +38,8 @@ SERVICE = "vpc"
 FIELD_MANAGER = "vpcbus-vpc"
 #: The kinds of this service's slice, in deletion order.
 KINDS: tuple[str, ...] = tuple(k for k in meta.DELETION_ORDER if k in ("OvnEip", "Vpc", "Subnet"))
+#: Multus' kind of the slice (deleted before the Subnet, as Kube-DC does).
+NAD_KINDS: tuple[str, ...] = ("NetworkAttachmentDefinition",)
 #: How soon a project waiting for Kube-OVN (readiness, a finalizer) is looked at again.
 REQUEUE_SECONDS = 2.0
 
@@ -67,11 +71,13 @@ class KubeVpcReconciler:
     def __init__(self, kube: KubeClient, *, requeue_after: float = REQUEUE_SECONDS) -> None:
         self.kube = kube
         self.requeue_after = requeue_after
-        self.slice = Slice(
-            kube, SERVICE, meta.KUBEOVN, KINDS,
-            labels={meta.MANAGED_BY: "vpcbus", meta.OWNER: manifests.OWNER},
-            project_label=meta.PROJECT, field_manager=FIELD_MANAGER, requeue_after=requeue_after,
-        )  # fmt: skip
+        own = {meta.MANAGED_BY: "vpcbus", meta.OWNER: manifests.OWNER}
+        self.slice = SliceGroup((
+            Slice(kube, SERVICE, meta.NAD_API, NAD_KINDS, labels=own, project_label=meta.PROJECT,
+                  field_manager=FIELD_MANAGER, requeue_after=requeue_after),
+            Slice(kube, SERVICE, meta.KUBEOVN, KINDS, labels=own, project_label=meta.PROJECT,
+                  field_manager=FIELD_MANAGER, requeue_after=requeue_after),
+        ))  # fmt: skip
 
     def close(self) -> None:
         """Nothing to do synchronously: the client's pool closes with the process."""
