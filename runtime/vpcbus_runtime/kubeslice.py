@@ -17,7 +17,7 @@ ours under server-side apply.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -27,6 +27,15 @@ from vpcbus_runtime.kube import KubeClient, Object
 from vpcbus_runtime.reconciling import Result
 
 log = structlog.get_logger()
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What :meth:`Slice.apply` did: the stored objects, as the server returned them, and the
+    pruned ones still terminating (``Kind/name``), which later kinds wait for."""
+
+    stored: list[Object]
+    terminating: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -65,30 +74,44 @@ class Slice:
                     keys.add(key)
         return sorted(keys)
 
-    async def apply(self, key: str, want: Sequence[Object]) -> list[Object]:
+    async def apply(self, key: str, want: Sequence[Object]) -> Applied:
         """Apply ``want`` (in order) and delete the project's objects of the slice that it no
-        longer has; the stored objects, as the server returned them."""
+        longer has, kind by kind in deletion order: a kind whose deleted objects are still
+        there (a finalizer: Kube-OVN refuses to delete an OvnEip a rule still uses) holds the
+        later kinds back until the next reconcile."""
         stored = [await self.kube.apply(m, field_manager=self.field_manager) for m in want]
         keep = {(m["kind"], m["metadata"]["name"]) for m in want}
         for kind in self.kinds:
-            for obj in await self.listed(kind, key):
+            stale = [o for o in await self.listed(kind, key)
+                     if (kind, o["metadata"]["name"]) not in keep]  # fmt: skip
+            for obj in stale:
                 name = obj["metadata"]["name"]
-                if (kind, name) not in keep:
-                    await self.kube.delete(self.api_version, kind, name, _namespace(obj))
-                    log.info("pruned", kind=kind, name=name, project=key)
-        return stored
+                await self.kube.delete(self.api_version, kind, name, _namespace(obj))
+                log.info("pruned", kind=kind, name=name, project=key)
+            if stale:
+                left = [o for o in await self.listed(kind, key)
+                        if (kind, o["metadata"]["name"]) not in keep]  # fmt: skip
+                if left:
+                    return Applied(stored, [f"{kind}/{o['metadata']['name']}" for o in left])
+        return Applied(stored)
 
     def outcome(
         self,
-        stored: Sequence[Object],
+        applied: Applied,
         objects: Sequence[str],
         not_ready: Callable[[Object], str | None],
         message: str,
     ) -> Result:
         """``Ready`` with ``message`` once every stored object is ready by its kind's own rule
-        (``not_ready`` says why one is not); ``Pending`` with a requeue until then: waiting
-        for the controller is not an error."""
-        waiting = [why for obj in stored if (why := not_ready(obj)) is not None]
+        (``not_ready`` says why one is not) and nothing pruned is still terminating;
+        ``Pending`` with a requeue until then: waiting for the controller is not an error."""
+        if applied.terminating:
+            return Result(
+                "Pending", "WaitingForDeletion",
+                f"{', '.join(applied.terminating)} still terminating",
+                requeue_after=self.requeue_after, objects=objects,
+            )  # fmt: skip
+        waiting = [why for obj in applied.stored if (why := not_ready(obj)) is not None]
         if waiting:
             return Result(
                 "Pending", "WaitingForKubeOvn", "; ".join(waiting),
@@ -179,13 +202,16 @@ class SliceGroup:
             keys |= set(await part.owned_keys())
         return sorted(keys)
 
-    async def apply(self, key: str, want: Sequence[Object]) -> list[Object]:
+    async def apply(self, key: str, want: Sequence[Object]) -> Applied:
         """Each part's objects of ``want`` applied (and its stale ones pruned), the last part
-        first; the stored objects."""
+        first."""
         stored: list[Object] = []
+        terminating: list[str] = []
         for part in reversed(self.parts):
-            stored += await part.apply(key, self._mine(part, want))
-        return stored
+            applied = await part.apply(key, self._mine(part, want))
+            stored += applied.stored
+            terminating += applied.terminating
+        return Applied(stored, terminating)
 
     async def teardown(self, key: str) -> Result:
         """Part by part in deletion order; the first that is not gone yet answers."""

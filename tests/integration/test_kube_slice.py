@@ -103,7 +103,7 @@ async def test_a_slice_group_applies_the_last_part_first_and_tears_down_in_order
         Slice(kube, "vpc", API, ("Subnet", "Vpc"), **kw),
     ))  # fmt: skip
     want = [nad, obj("Vpc", "acme-shop"), obj("Subnet", "acme-shop-default")]
-    stored = await group.apply("acme.shop", want)
+    stored = (await group.apply("acme.shop", want)).stored
     assert [o["kind"] for o in stored] == ["Vpc", "Subnet", "NetworkAttachmentDefinition"]
     assert await group.owned_keys() == ["acme.shop"]
     assert await group.audit("acme.shop", want) == []
@@ -120,3 +120,33 @@ async def test_a_slice_group_applies_the_last_part_first_and_tears_down_in_order
     with apiserver.store.cond:
         deleted = [e.key[3] for e in apiserver.store.events if e.rv > mark and e.type == "DELETED"]
     assert deleted == ["default", "acme-shop-default", "acme-shop"]
+
+
+async def test_a_pruned_object_still_terminating_holds_back_later_kinds(
+    kube: KubeClient, apiserver: FakeApiServer
+) -> None:
+    """As Kube-OVN refuses to delete an OvnEip while a NAT rule still uses it, pruning goes
+    kind by kind: a stale rule held by its finalizer keeps the stale OvnEip, and the outcome
+    is Pending (not Ready, not an error) until it is gone."""
+    s = Slice(kube, "nat", API, ("OvnFip", "OvnEip"), labels={**LABELS, "vpcbus.io/owner": "nat"},
+              project_label="vpcbus.io/project", field_manager="vpcbus-nat")  # fmt: skip
+    rule, eip = obj("OvnFip", "acme-shop-fip-db", owner="nat"), obj("OvnEip", "x", owner="nat")
+    await s.apply("acme.shop", [eip, rule])
+    finalizer = "kubeovn.io/kube-ovn-controller"
+    held = {"apiVersion": API, "kind": "OvnFip",
+            "metadata": {"name": "acme-shop-fip-db", "finalizers": [finalizer]}}  # fmt: skip
+    await kube.apply(held, field_manager="kube-ovn-controller")
+
+    applied = await s.apply("acme.shop", [])
+    assert applied.terminating == ["OvnFip/acme-shop-fip-db"]
+    assert await kube.get(API, "OvnEip", "x") is not None, "the OvnEip waits for its rule"
+    result = s.outcome(applied, [], lambda _: None, "done")
+    assert (result.state, result.reason) == ("Pending", "WaitingForDeletion")
+    assert result.requeue_after is not None
+
+    released = {**held, "metadata": {"name": "acme-shop-fip-db", "finalizers": []}}
+    await kube.apply(released, field_manager="kube-ovn-controller")
+    assert await kube.get(API, "OvnFip", "acme-shop-fip-db") is None
+    applied = await s.apply("acme.shop", [])
+    assert applied.terminating == [] and await kube.get(API, "OvnEip", "x") is None
+    assert s.outcome(applied, [], lambda _: None, "done").state == "Ready"

@@ -111,11 +111,11 @@ class KubeDnsReconciler:
             return facts
         spec = record.spec
         want = manifests.from_facts(spec, facts)
-        stored = await self.slice.apply(ctx.key, want)
+        applied = await self.slice.apply(ctx.key, want)
         objects = [f"{m['kind']}/{m['metadata']['name']}" for m in want]
         ext = [m["metadata"]["name"] for m in want if m["kind"] == "Service"]
         message = f"VpcDns {spec.namespace} active, {len(ext)} -ext service(s)"
-        return self.slice.outcome(stored, objects, not_ready, message)
+        return self.slice.outcome(applied, objects, not_ready, message)
 
     # -- doctor: read-only, instead of a dry-run reconcile (which would write) ------------
 

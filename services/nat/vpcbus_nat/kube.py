@@ -84,14 +84,14 @@ class KubeNatReconciler:
         ipam, gw = ready
         assert ipam.addresses is not None  # peers_ready found the gateway EIP in them
         want = manifests.from_facts(record.spec, ipam.addresses)
-        stored = await self.slice.apply(ctx.key, want)
+        applied = await self.slice.apply(ctx.key, want)
         objects = [f"{m['kind']}/{m['metadata']['name']}" for m in want]
         message = f"SNAT {record.spec.cidr_block} -> {gw.ip_address}"
         if fips := sum(m["kind"] == "OvnFip" for m in want):
             message += f"; {fips} FIP(s)"
         if dnats := sum(m["kind"] == "OvnDnatRule" for m in want):
             message += f"; {dnats} DNAT rule(s)"
-        return self.slice.outcome(stored, objects, not_ready, message)
+        return self.slice.outcome(applied, objects, not_ready, message)
 
     # -- doctor: read-only, instead of a dry-run reconcile (which would write) ------------
 

@@ -102,10 +102,10 @@ class KubeVpcReconciler:
             return ready
         _, _, gw = ready
         want = manifests.manifests(record.spec, gateway_ip=gw.gateway, gateway_eip_ip=gw.ip_address)
-        stored = await self.slice.apply(ctx.key, want)
+        applied = await self.slice.apply(ctx.key, want)
         objects = [f"{m['kind']}/{m['metadata']['name']}" for m in want]
         message = f"Vpc {manifests.vpc_name(record.spec)} standby on {gw.ip_address}, subnet ready"
-        return self.slice.outcome(stored, objects, not_ready, message)
+        return self.slice.outcome(applied, objects, not_ready, message)
 
     # -- doctor: read-only, as the dry run of the OVN backend -----------------------------
 
