@@ -3,7 +3,8 @@ real processes against a real nats-server (the repo's fixture) and the cluster `
 names. A project becomes a ``Vpc`` that Kube-OVN reports standby, a ``Subnet`` it reports
 Ready, the gateway ``OvnEip`` and an ``OvnSnatRule`` it reports ready, the workloads'
 ``NetworkAttachmentDefinition`` ``default``, written the way Kube-DC
-writes them; deleting the project removes them in Kube-DC's order (SNAT rule, OvnEip, Subnet,
+writes them; a FIP becomes its own ``OvnEip`` and an ``OvnFip`` Kube-OVN reports ready, and
+goes with the FIP; deleting the project removes them in Kube-DC's order (SNAT rule, OvnEip, Subnet,
 Vpc) and leaves nothing of ours behind.
 
 Runs only when ``KUBECONFIG`` names a reachable cluster with Kube-OVN's CRDs and the external
@@ -29,6 +30,7 @@ import pytest
 from tests.conftest import SERVICE_ENV, ServiceProcs
 from vpcbus.client import Client, Statuses
 from vpcbus.embedded.natsd import NatsServer
+from vpcbus_proto.members import FipRef, FipSpec
 from vpcbus_proto.projects import ProjectRef, ProjectSpec
 from vpcbus_runtime.errors import PermanentError, TemporaryError
 from vpcbus_runtime.kube import KubeClient
@@ -136,6 +138,17 @@ def at(state: str, generation: int) -> Any:
     return check
 
 
+async def until_ready(kube: KubeClient, kind: str, name: str) -> dict[str, Any]:
+    """The object once Kube-OVN reports it ``status.ready``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + TIMEOUT
+    while not ((found := await kube.get(KOVN, kind, name)) or {}).get("status", {}).get("ready"):
+        assert loop.time() < deadline, f"{kind} {name} not ready: {found}"
+        await asyncio.sleep(1.0)
+    assert found is not None
+    return found
+
+
 async def until_gone(kube: KubeClient, kind: str, name: str) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + TIMEOUT
@@ -235,6 +248,20 @@ async def test_a_project_is_built_on_kube_ovn_and_torn_down_in_kube_dc_order(
             assert obj["metadata"]["labels"]["vpcbus.io/project"] == key
             managers = {m.get("manager") for m in obj["metadata"].get("managedFields") or []}
             assert f"vpcbus-{owner}" in managers, obj["metadata"]
+
+        # A FIP: its own OvnEip pinned to the address IPAM gave it and an OvnFip to
+        # vpc + v4Ip, both made ready by Kube-OVN; a deleted FIP takes both with it.
+        fip = FipSpec(organization=org, project=project, name="e2e", ip_address="10.250.0.50")
+        await client.create_fip(fip)
+        rule = await until_ready(kube, "OvnFip", f"{n}-fip-e2e")
+        assert rule["spec"] == {"ovnEip": f"{n}-fip-e2e", "vpc": n, "v4Ip": "10.250.0.50"}
+        own = await until_ready(kube, "OvnEip", f"{n}-fip-e2e")
+        ipam_now = await client.status("ipam", org, project)
+        bound = ipam_now.addresses.fip("e2e") if ipam_now and ipam_now.addresses else None
+        assert bound is not None and own["status"].get("v4Ip") == bound.external_ip, own
+        await client.delete_fip(FipRef(organization=org, project=project, name="e2e"))
+        await until_gone(kube, "OvnFip", f"{n}-fip-e2e")
+        await until_gone(kube, "OvnEip", f"{n}-fip-e2e")
 
         # Deletion: everything goes, in Kube-DC's order (each waits for the one before).
         since = {}
