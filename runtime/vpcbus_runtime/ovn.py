@@ -6,6 +6,14 @@ the IDL thread inside ONE transaction (read current rows, write what differs), s
 project converges atomically. ovsdbapp's bare ``RuntimeError``s and time-outs become
 :class:`~vpcbus_runtime.errors.TemporaryError`; ``check_error`` is always on.
 
+Group commit: the IDL thread commits one transaction at a time anyway, so the functions that
+reconciles hand :meth:`NbSession.transact` while a commit is in flight are committed
+together, in one OVSDB transaction, when it returns. Each function still converges one
+project and gets its own result; if the shared transaction fails, each function is retried
+in a transaction of its own, so one project's failure is only that project's. Fewer, larger
+commits save the services a round trip per project and ``ovn-northd`` a recompute per
+commit (bench/: northd took 3.5x the raw baseline's CPU for the same rows).
+
 Ownership: every row a service creates carries ``external_ids`` ``vpcbus-owner=<service>``
 and ``vpcbus-project=<org>.<project>``; services only ever touch rows they own.
 
@@ -127,6 +135,11 @@ class NbSession:
         self.timeout = timeout
         self._api: Any = None
         self._lock = threading.Lock()
+        #: Functions waiting for the next group commit, with their callers' futures.
+        self._pending: list[tuple[Callable[[Any, Txn], Any], asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        #: Group commits, functions committed, batches that failed and went one by one.
+        self.counters = {"commits": 0, "batched": 0, "batch_fallbacks": 0}
 
     def _connect(self) -> Any:
         with self._lock:
@@ -169,10 +182,56 @@ class NbSession:
             ) from exc
         return result
 
+    def _run_batch(self, fns: list[Callable[[Any, Txn], Any]]) -> list[tuple[bool, Any]]:
+        """``fns`` in one transaction: (True, result) each; when that fails, each in one of
+        its own: (True, result) or (False, its exception)."""
+        if len(fns) > 1:
+            try:
+                api = self._connect()
+                commands = [_Run(api, fn) for fn in fns]
+                with api.transaction(check_error=True, log_errors=False) as txn:
+                    for cmd in commands:
+                        txn.add(cmd)
+                return [(True, cmd.result) for cmd in commands]
+            except Exception:  # one of them failed: find out which, alone
+                self.counters["batch_fallbacks"] += 1
+        out: list[tuple[bool, Any]] = []
+        for fn in fns:
+            try:
+                out.append((True, self._run(fn)))
+            except Exception as exc:  # handed to that caller
+                out.append((False, exc))
+        return out
+
+    async def _flush(self) -> None:
+        """Commit what is pending, batch after batch, until nothing is."""
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                self.counters["commits"] += 1
+                self.counters["batched"] += len(batch)
+                outcomes = await asyncio.to_thread(self._run_batch, [fn for fn, _ in batch])
+                for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
+                    if future.done():  # the caller was cancelled
+                        continue
+                    if ok:
+                        future.set_result(value)
+                    else:
+                        future.set_exception(value)
+        finally:
+            self._flusher = None
+
     async def transact(self, fn: Callable[[Any, Txn], T]) -> T:
-        """Run ``fn(api, txn)`` in the IDL thread, in one OVSDB transaction (inside
-        :func:`dry_run`: recorded, then aborted; ``fn``'s result is returned all the same)."""
-        return await asyncio.to_thread(self._run, fn)
+        """Run ``fn(api, txn)`` in the IDL thread, in one OVSDB transaction, shared with the
+        other functions pending meanwhile (group commit; inside :func:`dry_run`: alone,
+        recorded, then aborted; ``fn``'s result is returned all the same)."""
+        if _PLAN.get() is not None:
+            return await asyncio.to_thread(self._run, fn)
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._pending.append((fn, future))
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush())
+        return await future
 
     async def read(self, fn: Callable[[Any], T]) -> T:
         """Run a read-only ``fn(api)`` against the IDL's current replica."""
