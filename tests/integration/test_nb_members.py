@@ -1,6 +1,7 @@
 """``vpcbus_runtime.ovn.has_member`` / ``ensure_member`` on real python-ovs rows (a real NB
 ``ovsdb-server``): the fast path (the committed datum) and the slow one (pending changes in
-the transaction) agree with reading the column, so a port is attached once and only once."""
+the transaction, or other projects' pending inserts and removals on the same column in a
+group commit) agree with reading the column, so a port is attached once and only once."""
 
 from __future__ import annotations
 
@@ -74,6 +75,27 @@ async def test_membership_agrees_with_the_column_committed_or_pending(nb: NbSess
     assert await nb.transact(removed) is False
     names = await nb.read(lambda api: sorted(p.name for p in _switch(api).ports))
     assert names == ["mb-p1", "mb-p2"]
+
+    def others_pending(api: Any, txn: Txn) -> list[tuple[str, bool, bool]]:
+        """Another project's pending insert and removal on the same column (a group commit):
+        the committed datum, corrected by them, still agrees with reading the column."""
+        ls = _switch(api)
+        new = nbdb.insert(api, txn, "Logical_Switch_Port", name="mb-p3")
+        ls.addvalue("ports", new)
+        gone = nbdb.find(api, "Logical_Switch_Port", "mb-p2")  # still on mb-other
+        assert gone is not None
+        ls.delvalue("ports", gone)
+        seen = []
+        for name in ("mb-p1", "mb-p2", "mb-p3"):
+            port = nbdb.find(api, "Logical_Switch_Port", name)
+            assert port is not None
+            slow = any(m.uuid == port.uuid for m in ls.ports)
+            seen.append((name, nbdb.has_member(ls, "ports", port.uuid), slow))
+        return seen
+
+    assert await nb.transact(others_pending) == [
+        ("mb-p1", True, True), ("mb-p2", False, False), ("mb-p3", True, True),
+    ]  # fmt: skip
 
 
 async def test_two_sessions_to_two_databases_stay_apart(
