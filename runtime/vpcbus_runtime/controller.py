@@ -180,6 +180,9 @@ class Controller:
         self.latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)  # seconds per reconcile
         self.lag: Lag | None = None
         self._events: JetStreamContext.PullSubscription | None = None
+        #: When each project last converged (Ready or Deleted), by the loop's clock: a
+        #: resync skips what converged in the last half period.
+        self._converged_at: dict[str, float] = {}
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -302,12 +305,22 @@ class Controller:
         return keys
 
     async def resync(self) -> int:
-        """Queue every project this service knows of; returns how many."""
+        """Queue every project this service knows of but those that converged (Ready or
+        Deleted) in the last half period: a burst or a restart's new events are not run a
+        second time right after (bench/: the first resync re-ran every project of a 1,000
+        burst), and a project still runs at least once every 1.5 periods, which bounds how
+        long drift goes unnoticed. Returns how many were queued."""
+        fresh = asyncio.get_running_loop().time() - self.settings.resync_seconds / 2
         keys = await self.known_keys()
+        queued = 0
         for key in keys:
+            if self._converged_at.get(key, fresh - 1.0) >= fresh:
+                continue
             self.queue.add(key, background=True)  # events and peers go first
-        log.debug("resync queued", projects=len(keys))
-        return len(keys)
+            queued += 1
+        self._converged_at = {k: t for k, t in self._converged_at.items() if k in keys}
+        log.debug("resync queued", projects=queued, known=len(keys))
+        return queued
 
     # -- messages ------------------------------------------------------------------------
 
@@ -527,6 +540,8 @@ class Controller:
         if result.requeue_after is not None:
             self.queue.add_after(key, result.requeue_after)
         states = {m.member: m for m in result.members}
+        if result.state in ("Ready", "Deleted") and result.requeue_after is None:
+            self._converged_at[key] = loop.time()
         if not retry:
             await self._forget_members(key, members, states)
         if record is not None and record.deleted and result.state == "Deleted":

@@ -1,0 +1,90 @@
+"""The controller's resync against a real nats-server: a project that converged in the last
+half period is not run again (a burst is not reconciled twice), one that did not converge
+(still Pending) is, and once half a period has passed every project is queued again."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+
+import nats
+import pytest
+
+from tests.integration import helpers
+from vpcbus.client import Client
+from vpcbus.embedded.natsd import NatsServer
+from vpcbus_proto import subjects
+from vpcbus_proto.subjects import ServiceName
+from vpcbus_runtime import bus
+from vpcbus_runtime.controller import Controller
+from vpcbus_runtime.reconciling import Context, Result
+from vpcbus_runtime.records import RecordStore
+from vpcbus_runtime.settings import Settings
+
+pytestmark = [pytest.mark.connected]
+
+
+class Counting:
+    """Ready at once, except for projects named ``slow-*`` (Pending, requeued much later)."""
+
+    watches: Sequence[ServiceName] = ()
+    purge_after: Sequence[ServiceName] = ()
+
+    def __init__(self) -> None:
+        self.runs: Counter[str] = Counter()
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+    async def owned_keys(self) -> Sequence[str]:
+        return []
+
+    async def reconcile(self, ctx: Context) -> Result:
+        self.runs[ctx.key] += 1
+        if ctx.project.startswith("slow-"):
+            return Result("Pending", "Waiting", "not yet", requeue_after=3600.0)
+        return Result("Ready", "Reconciled")
+
+
+@pytest.fixture
+async def controller(nats_server: NatsServer) -> AsyncIterator[tuple[Controller, Counting]]:
+    nc = await nats.connect(nats_server.url)
+    js = nc.jetstream()
+    await bus.ensure_streams(js)
+    kv = await bus.ensure_bucket(js, subjects.kv_bucket("dns"))
+    reconciler = Counting()
+    settings = dataclasses.replace(Settings(), resync_seconds=3600.0)  # no periodic resync
+    ctl = Controller("dns", reconciler, nc, js, RecordStore(kv), settings)
+    await ctl.start()
+    yield ctl, reconciler
+    await ctl.stop()
+    await nc.close()
+
+
+async def test_a_resync_skips_what_converged_in_the_last_half_period(
+    controller: tuple[Controller, Counting], client: Client
+) -> None:
+    ctl, reconciler = controller
+    for name in ("p1", "p2", "slow-p3"):
+        await client.upsert(helpers.spec("rs", name))
+
+    async def all_ran() -> bool:
+        return len(reconciler.runs) == 3
+
+    assert await helpers.eventually(all_ran, timeout=15)
+    await ctl.queue.drained()
+    before = dict(reconciler.runs)
+
+    assert await ctl.resync() == 1  # only the one that has not converged
+    await ctl.queue.drained()
+    assert reconciler.runs["rs.slow-p3"] == before["rs.slow-p3"] + 1
+    assert reconciler.runs["rs.p1"] == before["rs.p1"]
+
+    # Half a period later every project is due again.
+    ctl.settings = dataclasses.replace(ctl.settings, resync_seconds=0.2)
+    await asyncio.sleep(0.15)
+    assert await ctl.resync() == 3
+    await ctl.queue.drained()
+    assert reconciler.runs["rs.p1"] == before["rs.p1"] + 1
