@@ -156,8 +156,8 @@ class Controller:
         if set(self.families) - {"project"} and members is None:
             raise ValueError(f"{service} consumes {self.families}: it needs a MemberIndex")
         self.members = members
-        self.statuses = StatusPublisher(js, service)
         self.peers = StreamPeers(js)
+        self.statuses = StatusPublisher(js, service, self.peers)
         #: Optional :meth:`~vpcbus_runtime.reconciling.PeerFilter.wants_peer` of the reconciler.
         self._wants_peer: Callable[[ServiceStatus], bool] | None = getattr(
             reconciler, "wants_peer", None

@@ -26,9 +26,13 @@ log = structlog.get_logger()
 
 
 class StatusPublisher:
-    def __init__(self, js: JetStreamContext, service: ServiceName) -> None:
+    def __init__(
+        self, js: JetStreamContext, service: ServiceName, peers: StreamPeers | None = None
+    ) -> None:
         self.js = js
         self.service = service
+        #: Reads the stored status before a project's first publish in this process.
+        self.peers = peers or StreamPeers(js)
         self._last: dict[str, tuple[object, ...]] = {}
 
     async def publish(
@@ -49,7 +53,7 @@ class StatusPublisher:
         if not force and self._last.get(key) == fingerprint:
             return None
         if not force and key not in self._last:
-            stored = await StreamPeers(self.js).status(self.service, org, project)
+            stored = await self.peers.status(self.service, org, project)
             if stored is not None and _fingerprint(stored) == fingerprint:
                 self._last[key] = fingerprint
                 return None
