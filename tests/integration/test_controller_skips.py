@@ -1,11 +1,15 @@
-"""The controller's resync against a real nats-server: a project that converged in the last
-half period is not run again (a burst is not reconciled twice), one that did not converge
-(still Pending) is, and once half a period has passed every project is queued again."""
+"""What the controller does not run, against a real nats-server: a resync leaves out a project
+that converged in the last half period (a burst is not reconciled twice), not one that did
+not converge (still Pending), and once half a period has passed every project is queued
+again; a peer's status for a project this service has no record, no members and no backend
+objects of does not run the reconciler (its teardown would scan the backend for nothing),
+until a resync finds backend objects of it (an orphan)."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 
@@ -29,17 +33,18 @@ pytestmark = [pytest.mark.connected]
 class Counting:
     """Ready at once, except for projects named ``slow-*`` (Pending, requeued much later)."""
 
-    watches: Sequence[ServiceName] = ()
+    watches: Sequence[ServiceName] = ("ipam",)
     purge_after: Sequence[ServiceName] = ()
 
     def __init__(self) -> None:
         self.runs: Counter[str] = Counter()
+        self.owned: list[str] = []
 
     def close(self) -> None:
         """Nothing to close."""
 
     async def owned_keys(self) -> Sequence[str]:
-        return []
+        return list(self.owned)
 
     async def reconcile(self, ctx: Context) -> Result:
         self.runs[ctx.key] += 1
@@ -88,3 +93,25 @@ async def test_a_resync_skips_what_converged_in_the_last_half_period(
     assert await ctl.resync() == 3
     await ctl.queue.drained()
     assert reconciler.runs["rs.p1"] == before["rs.p1"] + 1
+
+
+async def test_a_peer_status_of_an_unknown_project_runs_nothing_until_it_owns_something(
+    controller: tuple[Controller, Counting], client: Client
+) -> None:
+    ctl, reconciler = controller
+    status = {"service": "ipam", "organization": "rs", "project": "ghost",
+              "namespace": "rs-ghost", "generation": 1, "state": "Ready",
+              "reason": "Reconciled", "observedAt": "2026-12-05T00:00:00Z"}  # fmt: skip
+    before = ctl.counters.reconciles
+    await client.js.publish("vpcbus.status.ipam.rs.ghost", json.dumps(status).encode())
+
+    async def handled() -> bool:
+        return ctl.counters.reconciles > before
+
+    assert await helpers.eventually(handled, timeout=15)
+    assert reconciler.runs["rs.ghost"] == 0  # no record, no members, nothing owned
+
+    reconciler.owned = ["rs.ghost"]  # backend objects of it (an orphan): the resync tears down
+    assert await ctl.resync() >= 1
+    await ctl.queue.drained()
+    assert reconciler.runs["rs.ghost"] == 1
