@@ -78,9 +78,11 @@ LATENCY_WINDOW = 1024
 LAG_EVERY = 5.0
 #: The first full resync after start waits this long (at most half the resync period): the
 #: events waiting in the consumers, and new ones, are served before every service checks
-#: thousands of projects at once. A restart with 1,000 projects in place served a new one
-#: after 6.3 s with the resync at once, most of it VPC waiting for the CPU (bench/).
-STARTUP_RESYNC_DELAY = 5.0
+#: thousands of projects at once, and VPC loads its first NB replica without four resyncs
+#: competing for the 2 cores. A restart with 1,000 projects in place served a new one after
+#: 6.3 s with the resync at once, 3.9 s with it 5 s later; with 5,000 in place, 18.9 s with
+#: it 5 s later, 13.8 s with it 15 s later (bench/).
+STARTUP_RESYNC_DELAY = 15.0
 
 
 @dataclass(frozen=True)

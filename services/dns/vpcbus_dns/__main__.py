@@ -38,6 +38,7 @@ async def build(settings: Settings, _js: JetStreamContext) -> DnsReconciler | Ku
         except PermanentError as exc:
             raise SystemExit(f"VPCBUS_BACKEND=kube-ovn: {exc}") from None
     nb = NbSession(settings.ovn_nb_db, tables=ovn.TABLES)
+    nb.warm_up()
     return DnsReconciler(nb, upstream=upstream_from_env())
 
 

@@ -20,7 +20,9 @@ async def build(settings: Settings, _js: JetStreamContext) -> NatReconciler | Ku
             return KubeNatReconciler(KubeClient.from_config())
         except PermanentError as exc:
             raise SystemExit(f"VPCBUS_BACKEND=kube-ovn: {exc}") from None
-    return NatReconciler(NbSession(settings.ovn_nb_db, tables=ovn.TABLES))
+    nb = NbSession(settings.ovn_nb_db, tables=ovn.TABLES)
+    nb.warm_up()
+    return NatReconciler(nb)
 
 
 def main() -> None:

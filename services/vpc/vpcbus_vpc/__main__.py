@@ -43,8 +43,10 @@ async def build(settings: Settings, _js: JetStreamContext) -> VpcReconciler | Ku
         except PermanentError as exc:
             raise SystemExit(f"VPCBUS_BACKEND=kube-ovn: {exc}") from None
     chassis = os.environ.get("VPCBUS_GATEWAY_CHASSIS", DEFAULT_CHASSIS)
+    nb = NbSession(settings.ovn_nb_db, tables=ovn.TABLES)
+    nb.warm_up()
     return VpcReconciler(
-        NbSession(settings.ovn_nb_db, tables=ovn.TABLES),
+        nb,
         chassis=chassis,
         isolation=isolation_from_env(),
     )
