@@ -227,7 +227,12 @@ class NbSession:
                 batch, self._pending = self._pending, []
                 self.counters["commits"] += 1
                 self.counters["batched"] += len(batch)
-                outcomes = await asyncio.to_thread(self._run_batch, [fn for fn, _ in batch])
+                try:
+                    outcomes = await asyncio.to_thread(self._run_batch, [fn for fn, _ in batch])
+                except BaseException as exc:  # cancelled (shutdown): no caller waits forever
+                    batch, self._pending = batch + self._pending, []
+                    _fail(batch, exc)
+                    raise
                 for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
                     if future.done():  # the caller was cancelled
                         continue
@@ -237,6 +242,14 @@ class NbSession:
                         future.set_exception(value)
         finally:
             self._flusher = None
+
+    def _flusher_done(self, task: asyncio.Task[None]) -> None:
+        """A commit task cancelled before it ran never reached its ``finally``: fail what
+        waits for it, so that no caller waits forever and the next call starts a new one."""
+        if self._flusher is task:
+            self._flusher = None
+            pending, self._pending = self._pending, []
+            _fail(pending, asyncio.CancelledError())
 
     async def transact(self, fn: Callable[[Any, Txn], T]) -> T:
         """Run ``fn(api, txn)`` in the IDL thread, in one OVSDB transaction, shared with the
@@ -248,6 +261,7 @@ class NbSession:
         self._pending.append((fn, future))
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush())
+            self._flusher.add_done_callback(self._flusher_done)
         return await future
 
     async def read(self, fn: Callable[[Any], T]) -> T:
@@ -265,6 +279,12 @@ class NbSession:
             if self._api is not None:
                 self._api.ovsdb_connection.stop()
                 self._api = None
+
+
+def _fail(waiting: list[tuple[Any, asyncio.Future[Any]]], exc: BaseException) -> None:
+    for _, future in waiting:
+        if not future.done():
+            future.set_exception(TemporaryError("BackendError", f"OVN NB commit: {exc!r}"))
 
 
 # -- helpers for code running inside transact() -------------------------------------------

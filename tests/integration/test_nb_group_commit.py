@@ -6,6 +6,7 @@ dry run still writes nothing."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -87,3 +88,36 @@ async def test_a_dry_run_inside_a_burst_writes_nothing(nb: NbSession) -> None:
     assert out[0].startswith("gd-dry:")
     have = await names(nb)
     assert "gd-dry" not in have and {f"gd-{i}" for i in range(10)} <= have
+
+
+def slow_switch(name: str) -> Any:
+    def fn(api: Any, txn: Txn) -> str:
+        time.sleep(0.3)  # holds the IDL thread: the commit is in flight when cancelled
+        result: str = switch(name)(api, txn)
+        return result
+
+    return fn
+
+
+@pytest.mark.parametrize("when", ["before it ran", "while committing"])
+async def test_a_cancelled_commit_fails_its_callers_instead_of_leaving_them_waiting(
+    nb: NbSession, when: str
+) -> None:
+    """At shutdown the loop cancels the task that commits: the functions it was committing,
+    and those waiting for the next commit, get an error (they may or may not have been
+    written) instead of a wait forever; the session commits again afterwards."""
+    await nb.transact(switch("gx-warmup"))
+    first = asyncio.create_task(nb.transact(slow_switch(f"gx-{when}-0")))
+    await asyncio.sleep(0)  # the commit task exists, not started
+    flusher = nb._flusher
+    assert flusher is not None
+    if when == "while committing":
+        await asyncio.sleep(0.1)  # started: the slow function holds the IDL thread
+    else:
+        flusher.cancel()
+    later = [asyncio.create_task(nb.transact(switch(f"gx-{when}-{i}"))) for i in (1, 2)]
+    await asyncio.sleep(0)  # they wait for the next commit
+    flusher.cancel()
+    outcomes = await asyncio.wait_for(asyncio.gather(first, *later, return_exceptions=True), 10)
+    assert all(isinstance(o, TemporaryError) for o in outcomes), outcomes
+    assert await nb.transact(switch(f"gx-{when}-after")), "the session commits again"
