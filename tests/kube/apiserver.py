@@ -136,6 +136,9 @@ class Store:
         self.compacted = 0  # events up to here are forgotten
         self.history = history
         self.stopping = False
+        #: As a real API server: a namespaced object is refused in a namespace that does not
+        #: exist (off by default: most tests do not create their namespaces).
+        self.require_namespaces = False
 
     def _record(self, kind: str, key: Key, obj: Obj) -> None:
         self.events.append(_Event(self.rv, kind, key, copy.deepcopy(obj)))
@@ -155,6 +158,9 @@ class Store:
             stored = self.objects.get(key)
             if stored is None and status:
                 raise HttpError(404, "NotFound", f"{key[1]} {name!r} not found")
+            namespace_gone = ("v1", "namespaces", "", ns) not in self.objects
+            if stored is None and ns and self.require_namespaces and namespace_gone:
+                raise HttpError(404, "NotFound", f'namespaces "{ns}" not found')
             if stored is None:
                 head = {"name": name, "namespace": ns, "uid": str(uuid.uuid4()),
                         "generation": 1, "creationTimestamp": _now()}  # fmt: skip

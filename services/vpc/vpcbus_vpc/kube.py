@@ -29,6 +29,7 @@ from vpcbus_kubeovn import vpc as manifests
 from vpcbus_proto.doctor import Finding
 from vpcbus_proto.status import ServiceStatus
 from vpcbus_proto.subjects import ServiceName
+from vpcbus_runtime.errors import PermanentError
 from vpcbus_runtime.kube import KubeClient, Object
 from vpcbus_runtime.kubeslice import Slice, SliceGroup
 from vpcbus_runtime.reconciling import Context, Result
@@ -102,7 +103,18 @@ class KubeVpcReconciler:
             return ready
         _, _, gw = ready
         want = manifests.manifests(record.spec, gateway_ip=gw.gateway, gateway_eip_ip=gw.ip_address)
-        applied = await self.slice.apply(ctx.key, want)
+        try:
+            applied = await self.slice.apply(ctx.key, want)
+        except PermanentError as exc:
+            ns = record.spec.namespace
+            if exc.reason != "NotFound" or f'namespaces "{ns}" not found' not in exc.message:
+                raise
+            # The attachment lives in the project's namespace, which the platform makes
+            # (Kube-DC's project controller): waiting for it is not an error.
+            return Result(
+                "Pending", "WaitingForNamespace", f"namespace {ns} does not exist yet",
+                requeue_after=self.requeue_after,
+            )  # fmt: skip
         objects = [f"{m['kind']}/{m['metadata']['name']}" for m in want]
         message = f"Vpc {manifests.vpc_name(record.spec)} standby on {gw.ip_address}, subnet ready"
         return self.slice.outcome(applied, objects, not_ready, message)
