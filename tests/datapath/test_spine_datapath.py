@@ -291,7 +291,12 @@ def test_a_fip_takes_b1_inbound_from_outside_and_from_a_and_outbound(
     assert set(datapath.servers["b1"].peers()) == {"100.65.0.1", datapath.a.eip}
 
     asyncio.run(_fip(service_env["NATS_URL"], delete=True))
-    assert _ask(inet, "tcp", fip, wait=1).returncode != 0
+
+    # NAT reports the rule gone once NB has committed; northd and ovn-controller follow.
+    def gone() -> bool:
+        return _ask(inet, "tcp", fip, wait=1).returncode != 0
+
+    assert procs.wait_until(gone, timeout=10), "the deleted FIP still takes connections"
     assert _answer(b1, "tcp", INTERNET_HOST) == f"inet peer={datapath.b.eip}"
 
 
@@ -364,4 +369,9 @@ def test_load_balancers_on_default_gw_and_on_their_own_eip_reach_b1(
 
     for name in ("b1-shared", "b1-own"):
         asyncio.run(_service(url, None, name))
-    assert peers.ask(inet, "tcp", shared, 8080, wait=1).returncode != 0
+
+    # NAT reports the LB gone once NB has committed; northd and ovn-controller follow.
+    def refused() -> bool:
+        return peers.ask(inet, "tcp", shared, 8080, wait=1).returncode != 0
+
+    assert procs.wait_until(refused, timeout=10), "the deleted LB still answers"
