@@ -22,6 +22,7 @@ from vpcbus.client import Client
 from vpcbus.embedded import commands, procs
 from vpcbus.embedded.natsd import NatsServer
 from vpcbus.embedded.ovn import OvnCentral
+from vpcbus_runtime.ovn import NbSession
 
 SERVICE_ENV = {
     "VPCBUS_RESYNC_SECONDS": "2",
@@ -113,6 +114,14 @@ def ovn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OvnCentral]:
     central.start()
     yield central
     central.stop()
+
+
+@pytest.fixture
+def nb(ovn: OvnCentral) -> Iterator[NbSession]:
+    """A real NB session to the module's OVN central, closed after the test."""
+    session = NbSession(ovn.nb_db)
+    yield session
+    session.close()
 
 
 @pytest.fixture(scope="module")

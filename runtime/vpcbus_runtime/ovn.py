@@ -357,10 +357,8 @@ def has_member(row: Row, column: str, member: uuid.UUID) -> bool:
     python-ovs applies inserts, then removes."""
     changes = getattr(row, "_changes", None)
     mutations: dict[str, Any] | None = getattr(row, "_mutations", None)
-    committed = getattr(row, "_data", None)
-    if changes is None or mutations is None or column in changes:
-        return any(m.uuid == member for m in getattr(row, column, []))
-    if not committed or column not in committed:
+    committed: dict[str, Any] = getattr(row, "_data", None) or {}
+    if changes is None or mutations is None or column in changes or column not in committed:
         return any(m.uuid == member for m in getattr(row, column, []))
 
     def holds(values: Any) -> bool:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -26,13 +25,6 @@ NAMED += [("Logical_Router", "dr-rt")]
 def dump(central: OvnCentral) -> str:
     argv = ["ovsdb-client", "dump", central.nb_db, "OVN_Northbound"]
     return subprocess.run(argv, capture_output=True, text=True, check=True, timeout=30).stdout
-
-
-@pytest.fixture
-def nb(ovn: OvnCentral) -> Iterator[NbSession]:
-    session = NbSession(ovn.nb_db)
-    yield session
-    session.close()
 
 
 def build(api: Any, txn: Txn) -> str:

@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from vpcbus.embedded.ovn import OvnCentral
 from vpcbus_runtime import ovn as nbdb
 from vpcbus_runtime.errors import TemporaryError
 from vpcbus_runtime.ovn import NbSession, Txn
@@ -20,13 +18,6 @@ from vpcbus_runtime.ovn import NbSession, Txn
 pytestmark = [pytest.mark.connected]
 
 N = 40
-
-
-@pytest.fixture
-def nb(ovn: OvnCentral) -> Iterator[NbSession]:
-    session = NbSession(ovn.nb_db)
-    yield session
-    session.close()
 
 
 def switch(name: str) -> Any:

@@ -5,7 +5,7 @@ group commit) agree with reading the column, so a port is attached once and only
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -15,13 +15,6 @@ from vpcbus_runtime import ovn as nbdb
 from vpcbus_runtime.ovn import NbSession, Txn
 
 pytestmark = [pytest.mark.connected]
-
-
-@pytest.fixture
-def nb(ovn: OvnCentral) -> Iterator[NbSession]:
-    session = NbSession(ovn.nb_db)
-    yield session
-    session.close()
 
 
 def _switch(api: Any) -> Any:
