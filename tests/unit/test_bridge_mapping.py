@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from vpcbus_bridge.mapping import events, members, objects, statuses
 from vpcbus_bridge.mapping.objects import EIP, FIP, POD, PROJECT, SERVICE, VMI, Watched
+from vpcbus_bridge.mapping.progress import Behind, behind
 from vpcbus_proto import subjects
 from vpcbus_proto.members import FipSpec, LbServiceSpec, WorkloadSpec
 from vpcbus_proto.projects import ProjectSpec
@@ -421,6 +422,51 @@ def test_a_project_is_ready_when_all_four_services_are_ready_at_its_generation()
     assert (waiting["reason"], waiting["message"]) == ("WaitingForVpc", "nat: Pending: no router")
     invalid = patches([project(cidr="10.0.0.0/33")], four(), {})["project/prod"]
     assert invalid["conditions"][0]["reason"] == "InvalidSpec" and invalid["ready"] is False
+
+
+def test_a_project_is_ready_only_with_all_four_at_one_and_the_same_generation() -> None:
+    """All at (or past) the published generation is not enough: one generation for all."""
+    sts = four()
+    sts["acme.prod"]["dns"] = status("dns", generation=4)
+    condition = patches([project()], sts, record(3))["project/prod"]["conditions"][0]
+    assert (condition["status"], condition["reason"], condition["message"]) == (
+        "False",
+        "Pending",
+        "the services are at different generations",
+    )
+
+
+# -- progress: the one "all services at this state and generation" answer -------------------
+
+
+def test_behind_is_none_when_all_are_at_the_state_and_generation_or_later() -> None:
+    sts: dict[str, ServiceStatus] = {
+        s: status(s, generation=3 if s != "dns" else 5) for s in subjects.SERVICES
+    }
+    assert behind(sts, "Ready", 3, subjects.SERVICES) is None
+    assert behind(sts, "Ready", 3) is None
+
+
+def test_behind_names_the_first_in_order_and_why() -> None:
+    sts = {
+        "ipam": status("ipam"),
+        "vpc": status("vpc", generation=2),
+        "nat": status("nat", "Error"),
+    }
+    assert behind(sts, "Ready", 3, subjects.SERVICES) == Behind("vpc", "generation", sts["vpc"])
+    del sts["vpc"]
+    assert behind(sts, "Ready", 3, subjects.SERVICES) == Behind("vpc", "absent", None)
+    assert behind(sts, "Ready", 3) == Behind("nat", "state", sts["nat"])
+    older = {"ipam": status("ipam", "Ready", generation=2)}  # older generation before state
+    assert behind(older, "Deleted", 3) == Behind("ipam", "generation", older["ipam"])
+
+
+def test_behind_without_services_does_not_wait_for_an_absent_one() -> None:
+    """The finalizer's reading: a service that never reported (or was purged) is done."""
+    sts = {"vpc": status("vpc", "Deleted", generation=4)}
+    assert behind(sts, "Deleted", 4) is None
+    assert behind({}, "Deleted", 4) is None
+    assert behind(sts, "Deleted", 5) == Behind("vpc", "generation", sts["vpc"])
 
 
 def test_an_unchanged_status_is_not_written_and_transition_times_stay() -> None:

@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from vpcbus_bridge.mapping import members, objects
+from vpcbus_bridge.mapping import members, objects, progress
 from vpcbus_bridge.mapping.events import Published
 from vpcbus_bridge.mapping.members import Problem
 from vpcbus_bridge.mapping.objects import EIP, FIP, PROJECT, SERVICE, Obj, Snapshot, Watched
@@ -130,17 +130,17 @@ def _project_ready(
         return False, "InvalidSpec", problem
     if record is None or record.deleted:
         return False, "Pending", "not published yet"
-    if project_ready(dict(sts)) and min(s.generation for s in sts.values()) >= record.generation:
-        return True, "Reconciled", "ipam, vpc, nat and dns are Ready"
-    for service in subjects.SERVICES:
-        st = sts.get(service)
-        if st is None:
-            return False, "Pending", f"{service}: no status yet"
-        if st.generation < record.generation:
-            return False, "Pending", f"{service}: not at generation {record.generation} yet"
-        if st.state != "Ready":
-            return False, _reason(st.reason), f"{service}: {st.state}: {st.message}".rstrip(": ")
-    return False, "Pending", "the services are at different generations"
+    lag = progress.behind(sts, "Ready", record.generation, subjects.SERVICES)
+    if lag is None:
+        if project_ready(dict(sts)):  # all Ready at the generation, and at one and the same
+            return True, "Reconciled", "ipam, vpc, nat and dns are Ready"
+        return False, "Pending", "the services are at different generations"
+    st = lag.status
+    if st is None:
+        return False, "Pending", f"{lag.service}: no status yet"
+    if lag.why == "generation":
+        return False, "Pending", f"{lag.service}: not at generation {record.generation} yet"
+    return False, _reason(st.reason), f"{lag.service}: {st.state}: {st.message}".rstrip(": ")
 
 
 def _eip_status(obj: Obj, ipam: ServiceStatus | None, problem: str | None, now: str) -> Obj:

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from vpcbus_bridge.mapping import objects
+from vpcbus_bridge.mapping import objects, progress
 from vpcbus_bridge.mapping.events import Published
 from vpcbus_bridge.mapping.objects import EIP, FIP, PROJECT, Obj, Snapshot, Watched
 from vpcbus_proto import names
@@ -126,7 +126,7 @@ def _project_done(
     if record is not None:
         if not record.deleted:
             return False  # its removal is not published yet
-        if any(s.state != "Deleted" or s.generation < record.generation for s in sts.values()):
+        if progress.behind(sts, "Deleted", record.generation) is not None:
             return False
     ns = names.namespace(org, name)
     return not any(
