@@ -11,8 +11,8 @@ from vpcbus_runtime.ovn import Txn
 
 SERVICE = "dns"
 
-#: The NB tables this service reads and writes; its session replicates only these.
-TABLES = ("DNS", "Logical_Switch")
+#: The NB tables and columns this service reads and writes; its session replicates only these.
+TABLES = {"DNS": ("records", "external_ids"), "Logical_Switch": ("name", "dns_records")}
 
 
 def converge_zone(api: Any, txn: Txn, want: DesiredZone, *, adopt: bool = True) -> list[str]:

@@ -15,8 +15,12 @@ from vpcbus_runtime.ovn import OWNER, PROJECT, Row, Txn
 
 SERVICE = "nat"
 
-#: The NB tables this service reads and writes; its session replicates only these.
-TABLES = ("Logical_Router", "NAT", "Load_Balancer")
+#: The NB tables and columns this service reads and writes; its session replicates only these.
+TABLES = {
+    "Logical_Router": ("name", "nat", "load_balancer"),
+    "NAT": ("type", "external_ip", "logical_ip", "external_ids"),
+    "Load_Balancer": ("name", "protocol", "vips", "external_ids"),
+}
 
 
 def _mine(row: Row, key: str) -> bool:

@@ -25,15 +25,22 @@ ROLE = "vpcbus-role"
 MEMBER = "vpcbus-member"
 WORKLOAD = "workload"
 
-#: The NB tables this service reads and writes; its session replicates only these.
-TABLES = (
-    "Logical_Router",
-    "Logical_Router_Port",
-    "Logical_Router_Static_Route",
-    "Logical_Switch",
-    "Logical_Switch_Port",
-    "ACL",
-)
+#: The NB tables and columns this service reads and writes; its session replicates only these.
+TABLES = {
+    "Logical_Router": ("name", "options", "external_ids", "ports", "static_routes"),
+    "Logical_Router_Port": ("name", "mac", "networks", "external_ids"),
+    "Logical_Router_Static_Route": ("ip_prefix", "nexthop", "external_ids"),
+    "Logical_Switch": ("name", "external_ids", "ports", "acls"),
+    "Logical_Switch_Port": (
+        "name",
+        "type",
+        "addresses",
+        "options",
+        "external_ids",
+        "port_security",
+    ),
+    "ACL": ("direction", "priority", "match", "action", "external_ids"),
+}
 
 
 def ensure_external_switch(api: Any, txn: Txn, network: str) -> Row:
