@@ -14,7 +14,9 @@ and the four services as processes (``service_argv``, env ``NATS_URL`` / ``OVN_N
 
 1. **raw OVN baseline** for each size N: a separate, empty OVN central; one ovsdbapp
    transaction per project creating what the services create for it (router, switch, two
-   router ports, two switch ports, default route, SNAT, DNS row), sequentially.
+   router ports, two switch ports, default route, SNAT, DNS row), sequentially, with the
+   services' python-ovs tuning (the ratio's baseline); then the same with stock ovsdbapp, for
+   comparison with figures taken before that tuning.
 2. **burst** of N ``project.created`` (published back to back with :class:`vpcbus.client.Client`):
    time until all N are Ready (all four services Ready at the event's generation, timestamped
    from a core-NATS subscription to ``vpcbus.status.>``), projects/s, p50/p99 publish->Ready,
@@ -579,14 +581,19 @@ async def phase_burst(
 
 
 async def phase_restart(
-    stack: Stack, client: Client, tracker: Tracker, label: str, timeout: float
-) -> dict[str, Any]:
-    """Kill all services, start them, publish one new project at once."""
+    stack: Stack, client: Client, tracker: Tracker, label: str, timeout: float,
+    profiler: Profiler | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Kill all services, start them, publish one new project at once. ``profiler``: record
+    the services from their start until the new project is Ready (py-spy attaches in ~0.3 s,
+    which the figures then include)."""
     records = await record_counts(client)
     stack.kill_services()
     tracker.reset()
     start, wall_start = now(), datetime.now(UTC)
     stack.start_services()
+    if profiler is not None:
+        profiler.start({s: p.pid for s, p in stack.procs.items()}, f"{label}-restart")
     name = f"{label}new"
     pub = await client.upsert(spec_for(name))
     published = now()
@@ -596,6 +603,7 @@ async def phase_restart(
     last_counts: dict[str, int] = {}
     last_change = start
     ready_at: float | None = None
+    profile: dict[str, Any] | None = None
     deadline = start + timeout
     while now() < deadline:
         t = now()
@@ -616,13 +624,18 @@ async def phase_restart(
             if svc not in resynced and count >= records[svc] and stats["queue_depth"] == 0:
                 resynced[svc] = t - start
         w = tracker.wants[project_key(name)]
-        if w.done_at is not None:
+        if w.done_at is not None and ready_at is None:
             ready_at = w.done_at
+            if profiler is not None:
+                profile = profiler.stop()
         done = ready_at is not None and len(resynced) == len(commands.SERVICES)
         if done and now() - last_change >= 2.0:
             break
         await asyncio.sleep(0.05)
+    if profiler is not None and profiler.running:
+        profile = profiler.stop()
     return {
+        "profile": profile if profiler is not None else None,
         "records": records,
         "up_seconds": {k: round(v, 3) for k, v in up.items()},
         "all_up_seconds": round(max(up.values()), 3) if len(up) == 4 else None,
@@ -837,11 +850,13 @@ def _raw_project(api_: Any, txn: Any, i: int) -> None:
     ext.addvalue("ports", lsp_ext)
 
 
-def baseline_ovn(root: Path, n: int, *, northd: bool = True) -> dict[str, Any]:
+def baseline_ovn(root: Path, n: int, *, northd: bool = True, tuned: bool = True) -> dict[str, Any]:
     """:func:`raw_ovn` in a child process (a fresh interpreter per run, like a service)."""
     argv = [sys.executable, __file__, "--raw-ovn", str(root), str(n)]
     if not northd:
         argv.append("--no-northd")
+    if not tuned:
+        argv.append("--raw-stock")
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=max(300, n), check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"raw OVN baseline failed: {proc.stderr[-2000:]}")
@@ -849,10 +864,22 @@ def baseline_ovn(root: Path, n: int, *, northd: bool = True) -> dict[str, Any]:
     return result
 
 
-def raw_ovn(root: Path, n: int, *, northd: bool = True) -> dict[str, Any]:
-    """Raw ovsdbapp: N projects' NB rows, one transaction each, against an empty OVN central."""
+def raw_ovn(root: Path, n: int, *, northd: bool = True, tuned: bool = True) -> dict[str, Any]:
+    """Raw ovsdbapp: N projects' NB rows, one transaction each, against an empty OVN central.
+
+    ``tuned`` (the baseline the ratio uses): with the services' own python-ovs tuning
+    (:mod:`vpcbus_runtime.ovsjson`'s JSON, the IDL without a sleep per row parsed), so the
+    baseline is what ovsdbapp can do here at best and none of vpcbus's ratio comes from tuning
+    its parts and not the baseline's. Without it: stock ovsdbapp (~1.8x slower here), as the
+    figures before 2026-12-05 (later) were measured against."""
     from ovsdbapp.backend.ovs_idl import command, connection
     from ovsdbapp.schema.ovn_northbound import impl_idl
+
+    from vpcbus_runtime import ovsjson
+    from vpcbus_runtime.ovn import NbIdl
+
+    if tuned:
+        ovsjson.install()
 
     class Run(command.BaseCommand):  # type: ignore[misc]
         def __init__(self, api_: Any, fn: Callable[[Any, Any], None]) -> None:
@@ -867,7 +894,8 @@ def raw_ovn(root: Path, n: int, *, northd: bool = True) -> dict[str, Any]:
     if not northd:
         procs.stop_pidfile(central.dirs.run / "ovn-northd.pid")
     try:
-        idl = connection.OvsdbIdl.from_server(central.nb_db, "OVN_Northbound")
+        idl_class = NbIdl if tuned else connection.OvsdbIdl
+        idl = idl_class.from_server(central.nb_db, "OVN_Northbound")
         nb = impl_idl.OvnNbApiIdlImpl(connection.Connection(idl=idl, timeout=60))
         with nb.transaction(check_error=True) as txn:
             txn.add(nb.ls_add("ext-cloud", may_exist=True))
@@ -933,7 +961,9 @@ class Config:
 
 async def run_repeat(cfg: Config, rep: int, root: Path, out: dict[str, Any]) -> None:
     """One repeat on a fresh stack; fills ``out`` as it goes (kept if interrupted)."""
-    out.update({"repeat": rep, "baseline_ovn": {}, "burst": {}, "delete": {}})
+    out.update(
+        {"repeat": rep, "baseline_ovn": {}, "baseline_ovn_stock": {}, "burst": {}, "delete": {}}
+    )
     for n in [] if "ovn" in cfg.skip else cfg.sizes:
         print(f"[{rep}] raw OVN baseline, {n} projects ...", flush=True)
         try:
@@ -944,6 +974,10 @@ async def run_repeat(cfg: Config, rep: int, root: Path, out: dict[str, Any]) -> 
             continue
         out["baseline_ovn"][str(n)] = base
         print(f"    {base['rate']} projects/s  cpu {base['cpu_seconds']}", flush=True)
+        with contextlib.suppress(Exception):  # only for comparison with earlier figures
+            stock = baseline_ovn(root / f"ovn-stock-{n}", n, northd=cfg.northd, tuned=False)
+            out["baseline_ovn_stock"][str(n)] = stock
+            print(f"    stock ovsdbapp: {stock['rate']} projects/s", flush=True)
 
     stack = Stack(root / "stack", cfg.env, northd=cfg.northd)
     started = now()
@@ -994,7 +1028,9 @@ async def run_repeat(cfg: Config, rep: int, root: Path, out: dict[str, Any]) -> 
             names = [f"{label}p{i}" for i in range(n)]
             if n == largest and "restart" not in cfg.skip:
                 print(f"[{rep}] restart recovery with {n} projects ...", flush=True)
-                out["restart"] = r = await phase_restart(stack, client, tracker, label, cfg.wait(n))
+                out["restart"] = r = await phase_restart(
+                    stack, client, tracker, label, cfg.wait(n), profiler
+                )
                 print(
                     f"    up {r['all_up_seconds']} s, new project Ready "
                     f"{r['new_ready_seconds']} s, resync {r['all_resynced_seconds']} s, "
@@ -1065,6 +1101,8 @@ def summarise(runs: list[dict[str, Any]], sizes: list[int]) -> dict[str, Any]:
             1000 * r["burst"][k]["seconds"] / n for r in runs if get(r, "burst", k)
         ], "ms")  # fmt: skip
         add(f"raw OVN {n}: rate", [get(r, "baseline_ovn", k, "rate") for r in runs], "projects/s")
+        add(f"raw OVN {n}: rate, stock ovsdbapp",
+            [get(r, "baseline_ovn_stock", k, "rate") for r in runs], "projects/s")  # fmt: skip
         ratios = []
         for r in runs:
             rate = get(r, "burst", k, "rate")
@@ -1196,6 +1234,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config]:
         help="comma-separated phases to leave out: ovn,jetstream,steady,restart,delete",
     )
     p.add_argument("--raw-ovn", nargs=2, metavar=("DIR", "N"), help=argparse.SUPPRESS)
+    p.add_argument("--raw-stock", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     repeats = args.repeats
@@ -1230,7 +1269,8 @@ def main(argv: list[str] | None = None) -> int:
     args, cfg = parse_args(argv)
     if args.raw_ovn:
         root_dir, count = args.raw_ovn
-        print(json.dumps(raw_ovn(Path(root_dir), int(count), northd=cfg.northd)))
+        result = raw_ovn(Path(root_dir), int(count), northd=cfg.northd, tuned=not args.raw_stock)
+        print(json.dumps(result))
         return 0
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out_path = args.out or BENCH_DIR / f"results-{stamp}.json"
