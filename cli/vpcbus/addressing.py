@@ -323,9 +323,21 @@ async def fip_create(args: argparse.Namespace) -> int:
 
 
 async def fip_delete(args: argparse.Namespace) -> int:
+    """Publish ``fip.deleted``, wait for IPAM to release it and NAT to drop its rule (NAT
+    acts on IPAM's status, after it: waiting for IPAM alone returned while the FIP still
+    answered)."""
     org, project = parse_ref(args.project)
     fip = _spec("FIP", FipRef, organization=org, project=project, name=args.name)
+    client = await connect(args.home)
+    try:
+        ipam = await client.status("ipam", org, project)
+    finally:
+        await client.close()
+    found = ipam.addresses.fip(fip.name) if ipam and ipam.addresses else None
     await _settle(args, fip.member, lambda c: c.delete_fip(fip), removal=True)
+    if found is not None and found.ready:
+        rule = f"NAT/dnat_and_snat:{found.target_ip}->{found.external_ip}"
+        await _until_nat_carries(args, org, project, lambda objects: rule not in objects)
     print(f"fip {fip.name} deleted")
     return EXIT_OK
 

@@ -10,12 +10,15 @@ Tests share one stack (module fixtures) and run in file order.
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 from tests.conftest import ServiceProcs
 from tests.integration import helpers
 from vpcbus import tracing
 from vpcbus.client import Client, member_at
+from vpcbus.common import EXIT_TIMEOUT
 from vpcbus.embedded.ovn import OvnCentral
 from vpcbus_proto.members import WorkloadSpec
 
@@ -129,9 +132,20 @@ async def test_a_shared_eip_conflict_resolves_itself_when_the_first_fip_goes(
 async def test_deleting_fips_and_the_project_leaves_no_nat_row_or_fip_eip(
     services: ServiceProcs, client: Client, ovn: OvnCentral, service_env: dict[str, str]
 ) -> None:
-    for name in ("ssh", "two"):
-        done = await vpcbus(service_env, "fip", "delete", "-p", REF, name)
-        assert done.returncode == 0, done.stderr
+    # `fip delete` returns when the rule is gone from NAT, not when IPAM released the FIP:
+    # with NAT stopped it times out and the rule stays; NAT back, the rule goes.
+    before = fip_rows(ovn)
+    assert len(before) == 2  # ssh's and two's
+    nat = services.procs["nat"]
+    nat.send_signal(signal.SIGSTOP)
+    try:
+        stuck = await vpcbus(service_env, "fip", "delete", "-p", REF, "ssh", "--timeout", "3")
+    finally:
+        nat.send_signal(signal.SIGCONT)
+    assert stuck.returncode == EXIT_TIMEOUT, (stuck.stdout, stuck.stderr)
+    assert fip_rows(ovn) == before
+    done = await vpcbus(service_env, "fip", "delete", "-p", REF, "two")
+    assert done.returncode == 0, done.stderr
     assert fip_rows(ovn) == []
     eips = await vpcbus(service_env, "get", "eip", "-p", REF)
     assert "fip-ssh-" not in eips.stdout
