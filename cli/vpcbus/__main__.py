@@ -50,6 +50,7 @@ from vpcbus.progress import Progress
 from vpcbus_proto import names, subjects
 from vpcbus_proto.projects import ProjectRef, ProjectSpec
 from vpcbus_proto.status import project_ready
+from vpcbus_runtime import logs
 
 
 async def project_upsert(args: argparse.Namespace, *, update: bool) -> int:
@@ -351,6 +352,9 @@ def _wait_args(p: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    # Libraries the CLI runs in-process (the doctor's NB session) log to stderr, warnings up:
+    # stdout is the command's output (JSON for --json), which a log line would corrupt.
+    logs.configure("cli", fmt="console", level="warning")
     try:
         result = args.func(args)
         code = asyncio.run(result) if asyncio.iscoroutine(result) else result
