@@ -1112,6 +1112,12 @@ def summarise(runs: list[dict[str, Any]], sizes: list[int]) -> dict[str, Any]:
             if rate is not None and slower:
                 ratios.append(rate / slower)
         add(f"burst {n}: ratio to slower baseline", ratios, "x", ">= 0.5" if n >= 1000 else "")
+        stock = [
+            get(r, "burst", k, "rate") / get(r, "baseline_ovn_stock", k, "rate")
+            for r in runs
+            if get(r, "burst", k, "rate") and get(r, "baseline_ovn_stock", k, "rate")
+        ]
+        add(f"burst {n}: ratio to stock ovsdbapp", stock, "x")
         for svc in commands.SERVICES:
             rss = [get(r, "burst", k, "memory_kib", svc, "VmRSS") for r in runs]
             add(f"burst {n}: RSS {svc}", [v / 1024 for v in rss if v is not None], "MiB")
