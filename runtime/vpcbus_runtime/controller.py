@@ -8,7 +8,9 @@ Called by :mod:`.service`. Two durable pull consumers per service:
   and dead-lettered + terminated after ``max_deliver`` attempts. Invalid events are
   rejected with an error record (and a status when the project can be named).
 * ``<service>-peers`` on ``VPCBUS_STATUS``: a peer's status change re-runs the project,
-  unless the reconciler's optional ``wants_peer`` says that status cannot change its result.
+  unless the reconciler's optional ``wants_peer`` says that status cannot change its result,
+  or the project's last result is ``Pending`` waiting for another peer
+  (:attr:`~.reconciling.Result.waiting_for`) and no run of it is pending.
 
 A periodic resync re-runs every known project (records and backend-owned objects), which
 repairs drift, finishes waits and garbage-collects orphans.
@@ -188,6 +190,8 @@ class Controller:
         #: Projects the backend held something of at the last resync (``owned_keys``): the
         #: only ones without a record whose reconcile has anything to tear down.
         self._owned: set[str] = set()
+        #: Projects whose last result was ``Pending`` waiting for one peer: which.
+        self._waiting: dict[str, str] = {}
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -332,10 +336,17 @@ class Controller:
 
     async def _on_peer(self, msg: Msg) -> None:
         parts = msg.subject.split(".")
-        if len(parts) == 5 and self._peer_matters(msg):
+        if len(parts) == 5:
             key = names.project_key(parts[3], parts[4])
-            self.queue.add(key)
+            if not self._waits_for_another(key, parts[2]) and self._peer_matters(msg):
+                self.queue.add(key)
         await msg.ack()
+
+    def _waits_for_another(self, key: str, peer: str) -> bool:
+        """The project's last result waits for another peer than ``peer``, and no run of it
+        is queued or running (a running one may have read ``peer``'s older status)."""
+        waiting = self._waiting.get(key)
+        return waiting is not None and waiting != peer and not self.queue.pending(key)
 
     def _peer_matters(self, msg: Msg) -> bool:
         """False only when the reconciler says this peer status cannot change its result."""
@@ -533,6 +544,10 @@ class Controller:
             logger.exception("reconcile failed", attempt=attempt)
             result = Result("Error", "InternalError", repr(exc), requeue_after=backoff(attempt))
             retry = True
+        if result.state == "Pending" and result.waiting_for is not None:
+            self._waiting[key] = result.waiting_for
+        else:
+            self._waiting.pop(key, None)
         self.counters.reconciles += 1
         self.counters.reconcile_seconds += loop.time() - started
         self.latencies.append(loop.time() - started)

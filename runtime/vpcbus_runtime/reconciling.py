@@ -58,6 +58,11 @@ class Result:
     members: Sequence[MemberStatus] = field(default_factory=tuple)
     #: How the project's workloads resolve names (DNS only).
     resolver: Resolver | None = None
+    #: The one peer a ``Pending`` result waits for. Until the project's next reconcile the
+    #: controller does not run it for the other peers' status changes: they cannot unblock
+    #: it (the named peer's next status, an own event or the resync run it again). A bench
+    #: burst ran NAT and DNS ~2 times per project for statuses that changed nothing.
+    waiting_for: ServiceName | None = None
 
 
 class Reconciler(Protocol):

@@ -31,9 +31,10 @@ pytestmark = [pytest.mark.connected]
 
 
 class Counting:
-    """Ready at once, except for projects named ``slow-*`` (Pending, requeued much later)."""
+    """Ready at once, except for projects named ``slow-*`` (Pending, requeued much later)
+    and ``wait-*`` (Pending, waiting for VPC)."""
 
-    watches: Sequence[ServiceName] = ("ipam",)
+    watches: Sequence[ServiceName] = ("ipam", "vpc")
     purge_after: Sequence[ServiceName] = ()
 
     def __init__(self) -> None:
@@ -50,6 +51,8 @@ class Counting:
         self.runs[ctx.key] += 1
         if ctx.project.startswith("slow-"):
             return Result("Pending", "Waiting", "not yet", requeue_after=3600.0)
+        if ctx.project.startswith("wait-"):
+            return Result("Pending", "WaitingForVpc", "vpc: no status yet", waiting_for="vpc")
         return Result("Ready", "Reconciled")
 
 
@@ -93,6 +96,32 @@ async def test_a_resync_skips_what_converged_in_the_last_half_period(
     assert await ctl.resync() == 3
     await ctl.queue.drained()
     assert reconciler.runs["rs.p1"] == before["rs.p1"] + 1
+
+
+def peer_status(service: str, project: str) -> bytes:
+    return json.dumps({
+        "service": service, "organization": "rs", "project": project,
+        "namespace": f"rs-{project}", "generation": 1, "state": "Ready",
+        "reason": "Reconciled", "observedAt": "2026-12-05T00:00:00Z",
+    }).encode()  # fmt: skip
+
+
+async def test_a_project_waiting_for_one_peer_does_not_run_for_the_others(
+    controller: tuple[Controller, Counting], client: Client
+) -> None:
+    ctl, reconciler = controller
+    await client.upsert(helpers.spec("rs", "wait-a"))
+
+    async def ran(times: int) -> bool:
+        return reconciler.runs["rs.wait-a"] >= times
+
+    assert await helpers.eventually(lambda: ran(1), timeout=15)
+    await ctl.queue.drained()
+    await client.js.publish("vpcbus.status.ipam.rs.wait-a", peer_status("ipam", "wait-a"))
+    await asyncio.sleep(0.5)  # delivered and handled: IPAM's status cannot unblock it
+    assert reconciler.runs["rs.wait-a"] == 1
+    await client.js.publish("vpcbus.status.vpc.rs.wait-a", peer_status("vpc", "wait-a"))
+    assert await helpers.eventually(lambda: ran(2), timeout=15)
 
 
 async def test_a_peer_status_of_an_unknown_project_runs_nothing_until_it_owns_something(

@@ -37,13 +37,14 @@ async def peers_ready(ctx: Context, generation: int) -> AddressFacts | Result:
     vpc = await ctx.peers.status("vpc", ctx.organization, ctx.project)
     if vpc is None or vpc.generation != generation or vpc.state != "Ready":
         detail = f"{vpc.state} {vpc.reason}" if vpc else "no status yet"
-        return Result("Pending", "WaitingForVpc", f"vpc: {detail}")
+        # IPAM's status cannot unblock this (VPC's follows it): ``waiting_for``.
+        return Result("Pending", "WaitingForVpc", f"vpc: {detail}", waiting_for="vpc")
     facts = await ipam_facts(ctx)
     if facts is None:
         # VPC is Ready, so IPAM was; until it reports addresses again, keep the zone
         ipam = await ctx.peers.status("ipam", ctx.organization, ctx.project)
         detail = f"{ipam.state} {ipam.reason}" if ipam else "no status yet"
-        return Result("Pending", "WaitingForIpam", f"ipam: {detail}")
+        return Result("Pending", "WaitingForIpam", f"ipam: {detail}", waiting_for="ipam")
     return facts
 
 

@@ -58,12 +58,17 @@ async def peers_ready(
     generation; else the ``Pending`` result to report."""
     ipam = await ctx.peers.status("ipam", ctx.organization, ctx.project)
     vpc = await ctx.peers.status("vpc", ctx.organization, ctx.project)
-    for peer, status in (("Ipam", ipam), ("Vpc", vpc)):
+    # IPAM first: VPC's status cannot unblock a wait for IPAM (``waiting_for``), and a wait
+    # for VPC needs no IPAM status, as VPC itself waits for IPAM (its status follows IPAM's).
+    peers: tuple[tuple[ServiceName, ServiceStatus | None], ...] = (("ipam", ipam), ("vpc", vpc))
+    for peer, status in peers:
         if status is None or status.generation != record.generation or status.state != "Ready":
             detail = f"{status.state} {status.reason}" if status else "no status yet"
-            return Result("Pending", f"WaitingFor{peer}", f"{peer.lower()}: {detail}")
+            return Result("Pending", f"WaitingFor{peer.capitalize()}", f"{peer}: {detail}",
+                          waiting_for=peer)  # fmt: skip
     assert ipam is not None
     gw = ipam.addresses.eip(GATEWAY_EIP) if ipam.addresses else None
     if gw is None:
-        return Result("Pending", "WaitingForIpam", "ipam reports no default-gw EIP")
+        return Result("Pending", "WaitingForIpam", "ipam reports no default-gw EIP",
+                      waiting_for="ipam")  # fmt: skip
     return ipam, gw
