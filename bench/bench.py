@@ -206,6 +206,7 @@ class Stack:
                     env=env,
                     stdout=log,
                     stderr=subprocess.STDOUT,
+                    start_new_session=commands.OWN_SESSION,
                 )
 
     def kill_services(self) -> None:

@@ -176,6 +176,7 @@ class Replicas:
                         env=env,
                         stdout=log,
                         stderr=subprocess.STDOUT,
+                        start_new_session=commands.OWN_SESSION,
                     )
                 )
 

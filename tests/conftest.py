@@ -51,6 +51,7 @@ class ServiceProcs:
             env=self.env if instance is None else {**self.env, "VPCBUS_INSTANCE": instance},
             stdout=log,
             stderr=subprocess.STDOUT,
+            start_new_session=commands.OWN_SESSION,
         )
         log.close()
 

@@ -120,6 +120,7 @@ class _Service:
                 env=self.env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                start_new_session=commands.OWN_SESSION,
             )
 
     def supervise(self, now: float) -> None:

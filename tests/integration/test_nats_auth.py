@@ -295,6 +295,9 @@ async def test_the_stack_runs_with_each_service_as_its_own_user(tmp_path: Path) 
         state = stack.load_state(home)
         assert state is not None
         assert "Authorization Violation" in await refused(state.nats_url)
+        # Each service leads a session, so a scheduling group, of its own (commands.OWN_SESSION).
+        pids = set(state.services.values())
+        assert len(pids) == 4 and all(os.getsid(pid) == pid for pid in pids), state.services
 
         made = await helpers.vpcbus(env, "project", "create", "acme/prod", "--cidr",
                                     "10.0.0.0/24", "--wait", "--timeout", "60")  # fmt: skip
@@ -332,6 +335,7 @@ async def test_the_stack_runs_with_each_service_as_its_own_user(tmp_path: Path) 
     finally:
         down = await helpers.vpcbus(env, "down")
         assert down.returncode == 0, down.stderr
+    assert not [pid for pid in pids if _alive(pid)]  # down stopped them
     logs = {p.name: p.read_text(errors="replace") for p in home.glob("*/*.log")}
     assert set(logs) >= {"stack.log", "ipam.log", "vpc.log", "nats-server.log"}
     assert not [s for s in secrets if any(s in text for text in logs.values())]
@@ -339,6 +343,14 @@ async def test_the_stack_runs_with_each_service_as_its_own_user(tmp_path: Path) 
     refusals = [line for line in logs.pop("nats-server.log").splitlines() if "Violation" in line]
     assert refusals and all('"$G/user:reader"' in line for line in refusals), refusals
     assert not [name for name, text in logs.items() if "violation" in text.lower()], tails(home)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 async def stream_text(url: str, login: natsauth.NatsAuth) -> str:
