@@ -323,6 +323,8 @@ class Tracker:
     def expect(self, key: str, kind: str, generation: int, published_at: float) -> None:
         self.wants[key] = Want(kind, generation, published_at)
         self._pending += 1
+        # An earlier want may have been met while this one was being published.
+        self._all_done.clear()
         self._check(key, now())
 
     def _check(self, key: str, at: float) -> None:
