@@ -879,7 +879,7 @@ def raw_ovn(root: Path, n: int, *, northd: bool = True, tuned: bool = True) -> d
     from ovsdbapp.schema.ovn_northbound import impl_idl
 
     from vpcbus_runtime import ovsjson
-    from vpcbus_runtime.ovn import NbIdl
+    from vpcbus_runtime.ovsidl import NbIdl
 
     if tuned:
         ovsjson.install()

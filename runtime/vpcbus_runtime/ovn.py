@@ -44,6 +44,7 @@ from ovsdbapp.schema.ovn_northbound import impl_idl
 
 from vpcbus_runtime import ovsjson
 from vpcbus_runtime.errors import TemporaryError
+from vpcbus_runtime.ovsidl import NbIdl
 
 log = structlog.get_logger()
 
@@ -124,19 +125,6 @@ class _Run(command.BaseCommand):  # type: ignore[misc]
         self.result = self.fn(self.api, txn)
         if self.dry:
             raise _DryRunDoneError(self.result, planned(txn))
-
-
-class NbIdl(connection.OvsdbIdl):  # type: ignore[misc]
-    """ovsdbapp's IDL without a ``time.sleep(0)`` per row parsed.
-
-    ovsdbapp yields there for eventlet's green threads, which nothing preempts. Ours are
-    native threads: the interpreter hands the GIL to a waiting thread every switch interval
-    (5 ms) anyway, and each ``sleep(0)`` is a ``nanosleep`` the kernel's timer slack stretches
-    to ~60 us. With 5,000 projects VPC's first replica (35k rows) spent 2.8 of its 5.7 s
-    there (bench/), and every update of a burst paid it per row in the IDL thread."""
-
-    def cooperative_yield(self) -> None:
-        pass
 
 
 class NbSession:
