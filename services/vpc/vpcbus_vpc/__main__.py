@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from typing import TYPE_CHECKING
 
 from nats.js import JetStreamContext
 
 from vpcbus_runtime import service
 from vpcbus_runtime.errors import PermanentError
-from vpcbus_runtime.kube import KubeClient
 from vpcbus_runtime.ovn import NbSession
 from vpcbus_runtime.settings import Settings, backend_from_env
 from vpcbus_vpc import ovn
 from vpcbus_vpc.desired import Isolation
-from vpcbus_vpc.kube import KubeVpcReconciler
 from vpcbus_vpc.reconciler import VpcReconciler
+
+if TYPE_CHECKING:
+    from vpcbus_vpc.kube import KubeVpcReconciler
 
 DEFAULT_CHASSIS = "vpcbus-chassis-1"
 
@@ -38,6 +40,10 @@ def isolation_from_env() -> Isolation:
 
 async def build(settings: Settings, _js: JetStreamContext) -> VpcReconciler | KubeVpcReconciler:
     if backend_from_env() == "kube-ovn":
+        # Imported here: the kubernetes client is ~0.1 s of every start of the OVN backend.
+        from vpcbus_runtime.kube import KubeClient
+        from vpcbus_vpc.kube import KubeVpcReconciler
+
         try:
             return KubeVpcReconciler(KubeClient.from_config())
         except PermanentError as exc:
