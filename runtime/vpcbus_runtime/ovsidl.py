@@ -75,7 +75,9 @@ class HashIndex(custom_index.MultiColumnIndex):  # type: ignore[misc]
 
     def _key(self, row: Row) -> tuple[Any, ...] | None:
         try:
-            return tuple(_value(row, c.column) for c in self.columns)
+            if len(self.columns) == 1:  # ovsdbapp's name indexes
+                return (_value(row, self.columns[0].column),)
+            return tuple([_value(row, c.column) for c in self.columns])
         except AttributeError:  # a column not set yet: python-ovs skips the row too
             return None
 
