@@ -185,7 +185,7 @@ def _start_upstream(chassis: Chassis) -> None:
 def run_chassis(
     home: Path, *, sb_db: str, nb_db: str, nats_url: str, name: str, upstream: bool = True
 ) -> None:
-    """A chassis alone, in the foreground, until SIGTERM/SIGINT: compose's ``chassis``
+    """A chassis alone, in the foreground, until SIGTERM/SIGINT/SIGHUP: compose's ``chassis``
     container. It records itself in ``<home>/stack.json`` like ``vpcbus up`` (no services),
     so ``vpcbus vm ...`` run beside it (``docker compose exec chassis vpcbus vm create ...``)
     plugs VMs into it, with addresses from the stack at ``nats_url``."""
@@ -213,7 +213,7 @@ def run_chassis(
 
 
 def run(home: Path, *, nats_port: int, with_chassis: bool) -> None:
-    """The supervisor: start everything, supervise until SIGTERM/SIGINT, stop everything."""
+    """The supervisor: start everything, supervise until SIGTERM/SIGINT/SIGHUP, stop all."""
     home.mkdir(parents=True, exist_ok=True)
     logdir = home / "logs"
     logdir.mkdir(exist_ok=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
@@ -123,3 +124,12 @@ async def vpcbus(env: dict[str, str], *args: str) -> subprocess.CompletedProcess
     return await asyncio.to_thread(
         subprocess.run, argv, env=env, capture_output=True, text=True, timeout=120
     )
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` still exists (a zombie counts until its parent reaps it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -335,7 +335,7 @@ async def test_the_stack_runs_with_each_service_as_its_own_user(tmp_path: Path) 
     finally:
         down = await helpers.vpcbus(env, "down")
         assert down.returncode == 0, down.stderr
-    assert not [pid for pid in pids if _alive(pid)]  # down stopped them
+    assert not [pid for pid in pids if helpers.alive(pid)]  # down stopped them
     logs = {p.name: p.read_text(errors="replace") for p in home.glob("*/*.log")}
     assert set(logs) >= {"stack.log", "ipam.log", "vpc.log", "nats-server.log"}
     assert not [s for s in secrets if any(s in text for text in logs.values())]
@@ -343,14 +343,6 @@ async def test_the_stack_runs_with_each_service_as_its_own_user(tmp_path: Path) 
     refusals = [line for line in logs.pop("nats-server.log").splitlines() if "Violation" in line]
     assert refusals and all('"$G/user:reader"' in line for line in refusals), refusals
     assert not [name for name, text in logs.items() if "violation" in text.lower()], tails(home)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 async def stream_text(url: str, login: natsauth.NatsAuth) -> str:

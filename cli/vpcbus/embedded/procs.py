@@ -296,10 +296,12 @@ def stop_child(
 
 
 def stop_requested() -> Callable[[], bool]:
-    """Install SIGTERM/SIGINT handlers for a foreground supervisor loop.
+    """Install SIGTERM/SIGINT/SIGHUP handlers for a foreground supervisor loop.
 
-    Returns a function telling whether either signal arrived; the loop then stops what it
-    started itself (daemons that detach would outlive a default SIGTERM death).
+    Returns a function telling whether one of them arrived; the loop then stops what it
+    started itself. What it starts runs in sessions of its own (daemons that detach, services
+    with ``commands.OWN_SESSION``): none gets a Ctrl-C or a terminal's hangup itself, and all
+    would outlive the supervisor's default death by one of these signals.
     """
     requested = False
 
@@ -307,8 +309,8 @@ def stop_requested() -> Callable[[], bool]:
         nonlocal requested
         requested = True
 
-    signal.signal(signal.SIGTERM, _handler)
-    signal.signal(signal.SIGINT, _handler)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, _handler)
     return lambda: requested
 
 
