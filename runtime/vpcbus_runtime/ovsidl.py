@@ -199,13 +199,11 @@ def datum_parser(type_: types.Type) -> DatumParser:
         def map_(json: Any) -> data.Datum:
             if type(json) is list and len(json) == 2 and json[0] == "map":
                 pairs = json[1]
-                try:
+                if type(pairs) is list and all(type(p) is list and len(p) == 2 for p in pairs):
                     values = {key(k): value(v) for k, v in pairs}
-                except (TypeError, ValueError):
-                    return stock(json)
-                if len(values) == len(pairs) and type_.n_min <= len(values) <= type_.n_max:
-                    return data.Datum(type_, values)
-            return stock(json)
+                    if len(values) == len(pairs) and type_.n_min <= len(values) <= type_.n_max:
+                        return data.Datum(type_, values)
+            return stock(json)  # python-ovs' own error for anything else
 
         return map_
 

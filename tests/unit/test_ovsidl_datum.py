@@ -64,7 +64,8 @@ def samples(type_: types.Type) -> list[Any]:
         out += [["map", [[keys[0], values[0]], [keys[1], values[1]]]], ["map", [keys[0]]]]
     else:
         out += [["set", [k]] for k in keys] + [["set", keys[:2]], ["set", [keys[0]] * 2]]
-    out += [["set"], ["map"], ["set", keys[0]], [], 3.5]
+    out += [["set"], ["map"], ["set", keys[0]], [], 3.5, ["map", ""], ["map", "ab"], ["map", {}]]
+    out += [["map", [[keys[0]]]], ["map", [[keys[0], keys[0], keys[0]]]], ["map", [keys[:2]]]]
     return out
 
 
@@ -89,9 +90,11 @@ def test_each_schema_column_parses_as_python_ovs_parses_it(name: str, type_: typ
 json_values = st.recursive(
     st.none()
     | st.booleans()
-    | st.integers(-3, 3)
-    | st.sampled_from(["", "a", "set", "map", "uuid", UUID, "allow", "from-lport"]),
-    lambda inner: st.lists(inner, max_size=3),
+    | st.integers(-3, 70000)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=3)
+    | st.sampled_from(["set", "map", "uuid", "named-uuid", UUID, UUID.upper(), "allow"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=2), inner),
     max_leaves=8,
 )
 
