@@ -88,21 +88,36 @@ class HashIndex(custom_index.MultiColumnIndex):  # type: ignore[misc]
 
     def remove(self, row: Row) -> None:
         key = self._key(row)
-        bucket = None if key is None else self._buckets.get(key)
-        if key is not None and bucket is not None:
-            bucket.pop(row.uuid, None)
-            if not bucket:
-                del self._buckets[key]
+        if key is None or (bucket := self._buckets.get(key)) is None:
+            return
+        bucket.pop(row.uuid, None)
+        if not bucket:
+            del self._buckets[key]
 
     def rows(self) -> Iterator[Row]:
         for bucket in self._buckets.values():
             yield from bucket.values()
 
     def irange(self, start: Entry, end: Entry) -> Iterator[Row]:
-        return iter([e._table.rows[e.uuid] for e in self.values.irange(start, end)])
+        """The rows from ``start`` to ``end`` (index entries), as table rows; an equal pair,
+        which every lookup asks, is one bucket."""
+        low, high = self._search_key(start), self._search_key(end)
+        if low == high:
+            found = list(self._buckets.get(low, {}).values())
+        else:
+            order = functools.cmp_to_key(self._cmp)  # compares rows and entries alike
+            lo, hi = order(start), order(end)
+            found = [r for r in self._sorted() if lo <= order(r) <= hi]
+        return iter([r._table.rows[r.uuid] for r in found])
 
     def __iter__(self) -> Iterator[Row]:
-        return iter([e._table.rows[e.uuid] for e in self.values])
+        return iter([r._table.rows[r.uuid] for r in self._sorted()])
+
+    def _search_key(self, entry: Entry) -> tuple[Any, ...]:
+        return tuple([_hashable(getattr(entry, c.column)) for c in self.columns])
+
+    def _sorted(self) -> list[Row]:
+        return sorted(self.rows(), key=functools.cmp_to_key(self._cmp))
 
 
 class _Entries:
@@ -112,19 +127,10 @@ class _Entries:
         self.index = index
 
     def irange(self, start: Entry, end: Entry) -> Iterator[Entry]:
-        columns = [c.column for c in self.index.columns]
-        low = tuple(_hashable(getattr(start, c)) for c in columns)
-        high = tuple(_hashable(getattr(end, c)) for c in columns)
-        if low == high:  # what every lookup asks
-            bucket = self.index._buckets.get(low, {})
-            return iter([self.index.index_entry_from_row(r) for r in bucket.values()])
-        order = functools.cmp_to_key(self.index._cmp)
-        lo, hi = order(start), order(end)
-        return iter([e for e in self if lo <= order(e) <= hi])
+        return iter([self.index.index_entry_from_row(r) for r in self.index.irange(start, end)])
 
     def __iter__(self) -> Iterator[Entry]:
-        entries = [self.index.index_entry_from_row(r) for r in self.index.rows()]
-        return iter(sorted(entries, key=functools.cmp_to_key(self.index._cmp)))
+        return iter([self.index.index_entry_from_row(r) for r in self.index])
 
     def __len__(self) -> int:
         return sum(len(b) for b in self.index._buckets.values())

@@ -99,6 +99,24 @@ def looked_up(api: Any) -> dict[tuple[str, str, Any], set[Any]]:
     return found
 
 
+def ranges(api: Any) -> dict[tuple[str, str], list[Any]]:
+    """For each index, its rows in order, and those of a range (not an equality) and of
+    ``values.irange`` (the index entries ovsdbapp's conditions read)."""
+    found = {}
+    for name, table in api.idl.tables.items():
+        for index_name, index in table.rows.indexes.items():
+            rows = list(index)
+            column = index.columns[0].column
+            ordered = [(getattr(r, column), r.uuid) for r in rows]
+            if len(rows) >= 2:
+                low = table.rows.IndexEntry(**{column: getattr(rows[0], column)})
+                high = table.rows.IndexEntry(**{column: getattr(rows[-2], column)})
+                ordered += [r.uuid for r in index.irange(low, high)]
+                ordered += [e.uuid for e in index.values.irange(high, high)]
+            found[(name, index_name)] = ordered
+    return found
+
+
 def sync(api: Any, n: int) -> None:
     """Commit through ``api``'s IDL: its replica then holds every earlier commit."""
     api.db_set("NB_Global", ".", ("external_ids", {"test-sync": str(n)})).execute(check_error=True)
@@ -109,6 +127,7 @@ def assert_same(stock: Any, ours: Any, n: int) -> None:
     sync(ours, n)
     assert snapshot(ours) == snapshot(stock)
     assert looked_up(ours) == looked_up(stock)
+    assert ranges(ours) == ranges(stock)
 
 
 def test_the_replica_and_its_lookups_equal_stock_ovsdbapps(
