@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 
+from tests.conftest import SERVICE_ENV
 from vpcbus.client import Client, Statuses, deleted_at, ready_at
 from vpcbus.embedded.ovn import OvnCentral
 from vpcbus_proto import subjects
@@ -133,3 +134,13 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def stack_env(prefix: str, **extra: str) -> dict[str, str]:
+    """The environment of ``vpcbus up`` running a stack of the test's own: the tests' service
+    settings, chassis namespaces ``<prefix>NNNN-*``, and no NATS or OVN address or login of
+    the caller's."""
+    env = {**os.environ, **SERVICE_ENV, "VPCBUS_CHASSIS_PREFIX": f"{prefix}{os.getpid() % 10000}"}
+    for name in ("NATS_URL", "OVN_NB_DB", "OVN_SB_DB", "NATS_USER", "NATS_PASSWORD"):
+        env.pop(name, None)
+    return {**env, **extra}

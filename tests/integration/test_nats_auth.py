@@ -29,7 +29,6 @@ from nats.aio.msg import Msg
 from nats.js import api
 from nats.js.errors import NoKeysError, NotFoundError
 
-from tests.conftest import SERVICE_ENV
 from tests.integration import helpers
 from vpcbus import auth, stack
 from vpcbus.client import Client, NotAllowedError
@@ -283,10 +282,7 @@ def _healthcheck(name: str) -> list[str]:
 
 async def test_the_stack_runs_with_each_service_as_its_own_user(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    env = {**os.environ, **SERVICE_ENV, "VPCBUS_HOME": str(home),
-           "VPCBUS_CHASSIS_PREFIX": f"na{os.getpid() % 10000}"}  # fmt: skip
-    for name in ("NATS_URL", "OVN_NB_DB", "OVN_SB_DB", "NATS_USER", "NATS_PASSWORD"):
-        env.pop(name, None)
+    env = helpers.stack_env("na", VPCBUS_HOME=str(home))
     up = await helpers.vpcbus(env, "up", "--no-chassis", "--nats-port", str(free_port()))
     assert up.returncode == 0, up.stdout + up.stderr
     users = home / auth.AUTH_DIR

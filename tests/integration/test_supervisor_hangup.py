@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SERVICE_ENV
 from tests.integration import helpers
 from vpcbus import stack
 from vpcbus.embedded.natsd import free_port
@@ -26,9 +25,7 @@ def test_the_foreground_supervisor_stops_the_stack_on_a_hangup(
     tmp_path: Path, sig: signal.Signals
 ) -> None:
     home = tmp_path / "home"
-    env = {**os.environ, **SERVICE_ENV, "VPCBUS_CHASSIS_PREFIX": f"hu{os.getpid() % 10000}"}
-    for name in ("NATS_URL", "OVN_NB_DB", "OVN_SB_DB", "NATS_USER", "NATS_PASSWORD"):
-        env.pop(name, None)
+    env = helpers.stack_env("hu")
     argv = [sys.executable, "-m", "vpcbus", "--home", str(home), "up", "--foreground",
             "--no-chassis", "--nats-port", str(free_port())]  # fmt: skip
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
