@@ -31,7 +31,7 @@ from vpcbus.embedded import commands, procs
 from vpcbus.embedded.chassis import Chassis
 from vpcbus.embedded.natsd import NatsServer
 from vpcbus.embedded.ovn import OvnCentral
-from vpcbus_proto import permissions
+from vpcbus_proto import permissions, subjects
 from vpcbus_runtime import bus, natsauth
 
 CHASSIS_NAME = "vpcbus-chassis-1"
@@ -159,12 +159,16 @@ def service_env(env: dict[str, str], auth_dir: Path, service: str) -> dict[str, 
 
 
 def declare_streams(url: str, login: natsauth.NatsAuth) -> None:
-    """Create or update the streams as ``admin``: the services may only create them."""
+    """Create or update the streams as ``admin``, and turn on direct gets of buckets an
+    older vpcbus made without them: the services may only create streams and buckets."""
 
     async def declare() -> None:
         nc = await nats.connect(url, **login.options(), max_reconnect_attempts=3)
         try:
-            await bus.ensure_streams(nc.jetstream())
+            js = nc.jetstream()
+            await bus.ensure_streams(js)
+            buckets = [b for s in subjects.SERVICES for b in permissions.buckets(s)]
+            await bus.allow_direct_gets(js, [*buckets, permissions.BRIDGE_BUCKET])
         finally:
             await nc.close()
 
