@@ -382,6 +382,7 @@ class Controller:
             generation=decoded.generation or seq,
             event_id=decoded.event_id,
             spec=decoded.spec,
+            likely_new=msg.subject == subjects.PROJECT_CREATED,
         )
         if fold is Fold.STALE:
             self.counters.stale += 1

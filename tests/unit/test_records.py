@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from typing import cast
+from typing import Any, cast
 
 import pytest
 from hypothesis import given, settings
@@ -17,6 +17,7 @@ from tests.unit.fakes import FakeJetStream, FakeKV
 from vpcbus_proto import subjects
 from vpcbus_proto.projects import ProjectSpec
 from vpcbus_proto.status import AddressFacts, ServiceStatus
+from vpcbus_runtime import records
 from vpcbus_runtime.reconciling import Result
 from vpcbus_runtime.records import Fold, ProjectRecord, RecordStore, kv_key
 from vpcbus_runtime.statuses import StatusPublisher
@@ -149,22 +150,89 @@ async def test_keys_and_purge(store: RecordStore, kv: FakeKV) -> None:
     assert await store.purge(KEY, revision)  # already gone
 
 
+async def test_a_read_parses_a_revision_once_and_sees_other_writers(
+    store: RecordStore, kv: FakeKV
+) -> None:
+    _, written = await fold(store, 1, "e1", spec())
+    first, revision = await store.get(KEY)
+    assert first is written  # the fold's own record: nothing parsed again
+    assert (await store.get(KEY))[0] is first
+    # Another replica writes the key: the next read parses its value, not what we remember.
+    other = RecordStore(cast(KeyValue, kv))
+    await other.fold(KEY, organization="acme", name="shop", generation=2, event_id="e2",
+                     spec=spec("10.2.0.0/24"))  # fmt: skip
+    second, newer = await store.get(KEY)
+    assert newer > revision and second is not None and second.generation == 2
+    assert second.spec == spec("10.2.0.0/24")
+
+
+async def test_parsed_records_are_bounded(
+    store: RecordStore, kv: FakeKV, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(records, "PARSED_RECORDS", 3)
+    for i in range(5):
+        await store.fold(f"acme.p{i}", organization="acme", name=f"p{i}", generation=1,
+                         event_id="e", spec=spec())  # fmt: skip
+    await store.get("acme.p2")  # read: the most recent now
+    assert list(store._parsed) == ["acme.p3", "acme.p4", "acme.p2"]
+    assert (await store.get("acme.p0"))[0] is not None  # forgotten ones are read again
+
+
+class CountingKV(FakeKV):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gets = 0
+
+    async def get(self, key: str) -> Any:
+        self.gets += 1
+        return await super().get(key)
+
+
+async def created(
+    store: RecordStore, generation: int, event_id: str, s: ProjectSpec
+) -> tuple[Fold, ProjectRecord | None]:
+    return await store.fold(KEY, organization="acme", name="shop", generation=generation,
+                            event_id=event_id, spec=s, likely_new=True)  # fmt: skip
+
+
+async def test_a_created_event_creates_the_key_without_reading_it_first() -> None:
+    kv = CountingKV()
+    store = RecordStore(cast(KeyValue, kv))
+    outcome, record = await created(store, 1, "e1", spec())
+    assert outcome is Fold.APPLIED and kv.gets == 0
+    assert (await store.get(KEY))[0] == record and record is not None
+    assert record.previous_spec is None and record.deleted_at is None
+    # Redelivered, then an older one: the key exists, so the fold reads and compares.
+    assert await created(store, 1, "e1", spec()) == (Fold.DUPLICATE, record)
+    assert (await created(store, 0, "e0", spec()))[0] is Fold.STALE
+    # Created again over its tombstone: applied over it, as without the hint.
+    await fold(store, 2, "e2", None)
+    outcome, back = await created(store, 3, "e3", spec("10.3.0.0/24"))
+    assert outcome is Fold.APPLIED and back is not None and back.previous_spec is None
+    assert (await store.get(KEY))[0] == back
+
+
 @settings(deadline=None, max_examples=100)
 @given(
     st.lists(
-        st.tuples(st.integers(1, 6), st.sampled_from(["a", "b"]), st.booleans()),
+        st.tuples(st.integers(1, 6), st.sampled_from(["a", "b"]), st.booleans(), st.booleans()),
         min_size=1,
         max_size=12,
     )
 )
-def test_fold_keeps_the_highest_generation(events: list[tuple[int, str, bool]]) -> None:
+def test_fold_keeps_the_highest_generation(events: list[tuple[int, str, bool, bool]]) -> None:
+    """Also when events claim to be new (``likely_new``, a ``created`` event) at random."""
+
     async def scenario() -> None:
         store = RecordStore(cast(KeyValue, FakeKV()))
         best: tuple[int, str] | None = None
         expected_spec: ProjectSpec | None = None
-        for generation, tag, delete in events:
+        for generation, tag, delete, new in events:
             event_id = f"{generation}{tag}"
-            outcome, record = await fold(store, generation, event_id, None if delete else spec())
+            outcome, record = await store.fold(
+                KEY, organization="acme", name="shop", generation=generation,
+                event_id=event_id, spec=None if delete else spec(), likely_new=new,
+            )  # fmt: skip
             if best is None or generation > best[0]:
                 expected = Fold.APPLIED
                 best = (generation, event_id)
