@@ -375,7 +375,7 @@ class Controller:
         if deliveries > self.settings.max_deliver:
             await self._dead_letter(msg, decoded, seq, deliveries, "earlier attempts crashed")
             return
-        fold, _record = await self.records.fold(
+        fold, record = await self.records.fold(
             key,
             organization=decoded.organization,
             name=decoded.name,
@@ -384,6 +384,9 @@ class Controller:
             spec=decoded.spec,
             likely_new=msg.subject == subjects.PROJECT_CREATED,
         )
+        new = record is not None and not record.deleted and record.previous_spec is None
+        if fold is Fold.APPLIED and new:  # no record before, or a tombstone
+            self.statuses.created(key)
         if fold is Fold.STALE:
             self.counters.stale += 1
             log.info("stale event ignored")

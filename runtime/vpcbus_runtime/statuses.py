@@ -34,6 +34,16 @@ class StatusPublisher:
         #: Reads the stored status before a project's first publish in this process.
         self.peers = peers or StreamPeers(js)
         self._last: dict[str, tuple[object, ...]] = {}
+        #: Projects whose record this process created and that have no status from it yet.
+        self._new: set[str] = set()
+
+    def created(self, key: str) -> None:
+        """The project key's record was just created here (a ``created`` event of a project
+        that had no record): its first publish skips the read of a stored status, which can
+        only be an older project's (one request fewer per new project; at worst an
+        unchanged status is published once more)."""
+        if key not in self._last:
+            self._new.add(key)
 
     async def publish(
         self, org: str, project: str, generation: int, result: Result, *, force: bool = False
@@ -52,7 +62,7 @@ class StatusPublisher:
         key = names.project_key(org, project)
         if not force and self._last.get(key) == fingerprint:
             return None
-        if not force and key not in self._last:
+        if not force and key not in self._last and key not in self._new:
             stored = await self.peers.status(self.service, org, project)
             if stored is not None and _fingerprint(stored) == fingerprint:
                 self._last[key] = fingerprint
@@ -78,6 +88,7 @@ class StatusPublisher:
             stream=subjects.STATUS_STREAM,
         )
         self._last[key] = fingerprint
+        self._new.discard(key)
         return status
 
     def published(self, key: str) -> bool:
@@ -91,6 +102,7 @@ class StatusPublisher:
         its first status must be published again, not skipped as "unchanged".
         """
         self._last.pop(names.project_key(org, project), None)
+        self._new.discard(names.project_key(org, project))
         await self.js.purge_stream(
             subjects.STATUS_STREAM, subject=subjects.status_subject(self.service, org, project)
         )

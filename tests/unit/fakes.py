@@ -183,6 +183,7 @@ class FakeJetStream:
     published: list[tuple[str, bytes, str | None]] = field(default_factory=list)
     purged: list[tuple[str, str | None]] = field(default_factory=list)
     last: dict[tuple[str, str], bytes] = field(default_factory=dict)
+    reads: int = 0  # get_last_msg calls
 
     async def publish(self, subject: str, payload: bytes = b"", stream: str | None = None) -> Any:
         self.published.append((subject, payload, stream))
@@ -196,6 +197,7 @@ class FakeJetStream:
         return True
 
     async def get_last_msg(self, stream_name: str, subject: str, direct: bool = False) -> Any:
+        self.reads += 1
         if (stream_name, subject) not in self.last:
             raise NotFoundError
         return FakeStoredMsg(subject, self.last[stream_name, subject])

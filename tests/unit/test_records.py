@@ -342,3 +342,26 @@ async def test_a_restarted_publisher_does_not_republish_what_the_stream_holds(
     assert await restarted.publish("acme", "shop", 1, facts, force=True) is not None
     assert [s for s, _, _ in js.published].count("vpcbus.status.vpc.acme.shop") == 2
     assert len(js.published) == 5
+
+
+async def test_a_project_created_here_is_published_without_reading_the_stream_first(
+    js: FakeJetStream,
+) -> None:
+    """A record this process just created (``created``): its first status goes out without
+    the read of a stored one. Only that first publish; later ones are de-duplicated as ever."""
+    first = StatusPublisher(cast(JetStreamContext, js), "vpc")
+    await first.publish("acme", "shop", 1, BASE)  # an older incarnation's, say
+    restarted = StatusPublisher(cast(JetStreamContext, js), "vpc")
+    restarted.created("acme.shop")
+    js.reads = 0
+    assert await restarted.publish("acme", "shop", 1, BASE) is not None  # not compared
+    assert js.reads == 0
+    assert await restarted.publish("acme", "shop", 1, BASE) is None
+    # Without the hint the stored status is read and an unchanged one is not republished.
+    other = StatusPublisher(cast(JetStreamContext, js), "vpc")
+    assert await other.publish("acme", "shop", 1, BASE) is None
+    assert js.reads == 1
+    # Known to this process already: the hint changes nothing.
+    restarted.created("acme.shop")
+    assert await restarted.publish("acme", "shop", 1, BASE) is None
+    assert len(js.published) == 2
