@@ -63,7 +63,8 @@ class RecordStore:
     Each read still asks the bucket (another replica may have written the key), but a record
     whose revision was parsed or written here before is not parsed again: a revision names
     one value for good. A burst parsed each record three to four times per service (its
-    fold, then a reconcile per own event and peer status).
+    fold, then a reconcile per own event and peer status). A read never goes back behind
+    a revision this process already wrote or read.
     """
 
     def __init__(self, kv: KeyValue) -> None:
@@ -86,8 +87,10 @@ class RecordStore:
             return None, 0
         revision = entry.revision or 0
         known = self._parsed.get(project_key)
-        if known is not None and revision and known[0] == revision:
-            record = known[1]
+        if known is not None and revision and known[0] >= revision:
+            # The same revision; or an older one, from a stream replica that lags behind
+            # (direct gets of a clustered bucket): what this process wrote or read is newer.
+            revision, record = known
         else:
             record = ProjectRecord.model_validate_json(entry.value)
         self._remember(project_key, revision, record)

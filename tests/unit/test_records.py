@@ -166,6 +166,23 @@ async def test_a_read_parses_a_revision_once_and_sees_other_writers(
     assert second.spec == spec("10.2.0.0/24")
 
 
+async def test_a_read_from_a_lagging_replica_does_not_go_back(
+    store: RecordStore, kv: FakeKV, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Direct gets of a clustered bucket may be answered by a stream replica that lags: a
+    revision older than one this process wrote is answered with what it wrote."""
+    await fold(store, 1, "e1", spec())
+    stale = await kv.get(kv_key(KEY))
+    _, newer = await fold(store, 2, "e2", spec("10.2.0.0/24"))
+
+    async def lagging(key: str) -> Any:
+        return stale
+
+    monkeypatch.setattr(kv, "get", lagging)
+    record, revision = await store.get(KEY)
+    assert record is newer and revision == kv.data[kv_key(KEY)][1] > stale.revision
+
+
 async def test_parsed_records_are_bounded(
     store: RecordStore, kv: FakeKV, monkeypatch: pytest.MonkeyPatch
 ) -> None:
