@@ -28,3 +28,10 @@ class TemporaryError(ReconcileError):
     def __init__(self, reason: str, message: str, *, delay: float = 1.0) -> None:
         super().__init__(reason, message)
         self.delay = delay
+
+
+class PeerRowsMissingError(TemporaryError):
+    """NB rows that a peer reported built (VPC ``Ready``: the project's router and switch)
+    are not in this service's NB replica. The peer committed them before it said so, so the
+    replica may only lag behind: :meth:`vpcbus_runtime.ovn.NbSession.transact` brings it up
+    to date and runs the function once more before this reaches the edge."""

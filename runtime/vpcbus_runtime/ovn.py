@@ -43,7 +43,7 @@ from ovsdbapp.backend.ovs_idl import command, connection, idlutils
 from ovsdbapp.schema.ovn_northbound import impl_idl
 
 from vpcbus_runtime import ovsjson
-from vpcbus_runtime.errors import TemporaryError
+from vpcbus_runtime.errors import PeerRowsMissingError, TemporaryError
 from vpcbus_runtime.ovsidl import NbIdl
 
 log = structlog.get_logger()
@@ -272,7 +272,38 @@ class NbSession:
     async def transact(self, fn: Callable[[Any, Txn], T]) -> T:
         """Run ``fn(api, txn)`` in the IDL thread, in one OVSDB transaction, shared with the
         other functions pending meanwhile (group commit; inside :func:`dry_run`: alone,
-        recorded, then aborted; ``fn``'s result is returned all the same)."""
+        recorded, then aborted; ``fn``'s result is returned all the same).
+
+        When ``fn`` raises :class:`~vpcbus_runtime.errors.PeerRowsMissingError`, the replica is
+        brought up to date (:meth:`sync`) and ``fn`` runs once more."""
+        try:
+            return await self._transact(fn)
+        except PeerRowsMissingError:
+            await self.sync()
+            return await self._transact(fn)
+
+    async def sync(self) -> None:
+        """Bring the replica up to date with every NB commit that completed before the call.
+
+        One round trip on this session: a transaction of a comment alone, which changes
+        nothing. ovsdb-server sends a session the monitor updates it holds for it before it
+        reads the session's next request, and the IDL applies what it receives in order, so
+        the reply comes after them. A service that learns from a peer's status that rows
+        exist (VPC ``Ready``: the project's router) may otherwise read a replica that lacks
+        them: NAT and DNS reported ``Error`` for a second at 1 % of projects under steady
+        load (bench/)."""
+        await asyncio.to_thread(self._sync)
+
+    def _sync(self) -> None:
+        api = self._connect()
+        try:
+            _Run(api, _comment_only).execute(check_error=True, log_errors=False)
+        except Exception as exc:
+            raise TemporaryError(
+                "BackendError", f"OVN NB sync failed: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    async def _transact(self, fn: Callable[[Any, Txn], T]) -> T:
         if _PLAN.get() is not None:
             return await asyncio.to_thread(self._run, fn)
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
@@ -297,6 +328,12 @@ class NbSession:
             if self._api is not None:
                 self._api.ovsdb_connection.stop()
                 self._api = None
+
+
+def _comment_only(api: Any, txn: Txn) -> None:
+    """What :meth:`NbSession.sync` commits: an operation, so that python-ovs sends the
+    transaction (it drops one without operations), that changes nothing."""
+    txn.add_op({"op": "comment", "comment": "vpcbus: sync"})
 
 
 def _fail(waiting: list[tuple[Any, asyncio.Future[Any]]], exc: BaseException) -> None:

@@ -6,7 +6,7 @@ from typing import Any
 
 from vpcbus_dns.desired import DesiredZone
 from vpcbus_runtime import ovn
-from vpcbus_runtime.errors import TemporaryError
+from vpcbus_runtime.errors import PeerRowsMissingError
 from vpcbus_runtime.ovn import Txn
 
 SERVICE = "dns"
@@ -20,7 +20,7 @@ def converge_zone(api: Any, txn: Txn, want: DesiredZone, *, adopt: bool = True) 
     (O(projects)): keep one, delete the others. Worth it only where :func:`strays` found some."""
     switch = ovn.find(api, "Logical_Switch", want.switch)
     if switch is None:
-        raise TemporaryError("SwitchMissing", f"switch {want.switch} does not exist yet")
+        raise PeerRowsMissingError("SwitchMissing", f"switch {want.switch} does not exist yet")
     ids = ovn.ownership(SERVICE, want.key)
     # The zone hangs off the project switch: look there first.
     rows = [r for r in switch.dns_records if _mine(r, want.key)]

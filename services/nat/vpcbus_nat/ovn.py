@@ -10,7 +10,7 @@ from typing import Any
 
 from vpcbus_nat.desired import DesiredNat
 from vpcbus_runtime import ovn
-from vpcbus_runtime.errors import TemporaryError
+from vpcbus_runtime.errors import PeerRowsMissingError
 from vpcbus_runtime.ovn import OWNER, PROJECT, Row, Txn
 
 SERVICE = "nat"
@@ -31,7 +31,7 @@ def _mine(row: Row, key: str) -> bool:
 def converge_nat(api: Any, txn: Txn, want: DesiredNat) -> list[str]:
     router = ovn.find(api, "Logical_Router", want.router)
     if router is None:
-        raise TemporaryError("RouterMissing", f"router {want.router} does not exist yet")
+        raise PeerRowsMissingError("RouterMissing", f"router {want.router} does not exist yet")
     ids = ovn.ownership(SERVICE, want.key)
     existing = [n for n in router.nat if _mine(n, want.key)]
     kept: list[Row] = []
