@@ -192,6 +192,10 @@ class Controller:
         self._owned: set[str] = set()
         #: Projects whose last result was ``Pending`` waiting for one peer: which.
         self._waiting: dict[str, str] = {}
+        #: Tombstones whose teardown finished in this process: the record's revision then,
+        #: and the result. Until the record changes, a run of the project reports that result
+        #: again instead of sweeping the backend (see :meth:`_reconcile`).
+        self._torn_down: dict[str, tuple[int, Result]] = {}
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -529,12 +533,26 @@ class Controller:
         ctx = Context(key, org, project, record, self.peers, members)
         retry = False
         unknown = record is None and not members and key not in self._owned
+        torn_down = self._torn_down.get(key)
+        done = (
+            record is not None and record.deleted and not members and torn_down is not None
+            and torn_down[0] == revision
+        )  # fmt: skip
         try:
             if unknown:
                 # Never folded here, no members, nothing in the backend at the last look: a
                 # peer's status that came before our own event (a burst). A teardown would
                 # scan the backend for nothing (bench/: 28 % of VPC's CPU in a burst).
                 result = Result("Deleted", "TornDown")
+            elif done:
+                # The tombstone this process tore down: its expiry, a peer's status or the
+                # resync run it to forget it, not to sweep the backend again. VPC's teardown
+                # scans its tables: a bench burst after 200 deletions took twice as long,
+                # and every resync swept every tombstone until it expired. What another
+                # replica might still have written for it is an orphan once the tombstone is
+                # forgotten, and the resync tears orphans down (``owned_keys``).
+                assert torn_down is not None
+                result = torn_down[1]
             else:
                 result = await self.reconciler.reconcile(ctx)
             self._failures.pop(key, None)
@@ -552,6 +570,11 @@ class Controller:
             self._waiting[key] = result.waiting_for
         else:
             self._waiting.pop(key, None)
+        swept = record is not None and record.deleted and result.state == "Deleted"
+        if swept and not done and not retry and result.requeue_after is None:
+            self._torn_down[key] = (revision, result)
+        elif not swept:
+            self._torn_down.pop(key, None)
         self.counters.reconciles += 1
         self.counters.reconcile_seconds += loop.time() - started
         self.latencies.append(loop.time() - started)
@@ -582,6 +605,10 @@ class Controller:
             )
         return Outcome(result, retry, states)
 
+    def will_repair(self, key: str) -> None:
+        """The doctor queues ``key`` to repair it: its next run does all its work."""
+        self._torn_down.pop(key, None)
+
     async def _maybe_forget(
         self,
         key: str,
@@ -605,6 +632,7 @@ class Controller:
                 self.queue.add_after(key, 2.0)
                 return
         if await self.records.purge(key, revision):
+            self._torn_down.pop(key, None)
             if self.members is not None:
                 await self.members.forget_project(key)
             await self.statuses.purge(org, project)

@@ -175,6 +175,7 @@ async def repair(controller: Controller, keys: Iterable[str]) -> None:
             names.split_key(key)
         except ValueError:
             continue  # no reconcile can name it; the finding stays
+        controller.will_repair(key)
         if will_repair is not None:
             will_repair(key)
         runs.append(asyncio.ensure_future(controller.queue.run_now(key)))

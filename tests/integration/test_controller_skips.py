@@ -3,7 +3,8 @@ that converged in the last half period (a burst is not reconciled twice), not on
 not converge (still Pending), and once half a period has passed every project is queued
 again; a peer's status for a project this service has no record, no members and no backend
 objects of does not run the reconciler (its teardown would scan the backend for nothing),
-until a resync finds backend objects of it (an orphan)."""
+until a resync finds backend objects of it (an orphan); a tombstone torn down here is not
+swept again until it changes or the doctor repairs it."""
 
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ from tests.integration import helpers
 from vpcbus.client import Client
 from vpcbus.embedded.natsd import NatsServer
 from vpcbus_proto import subjects
+from vpcbus_proto.projects import ProjectRef
 from vpcbus_proto.subjects import ServiceName
-from vpcbus_runtime import bus
+from vpcbus_runtime import bus, doctoring
 from vpcbus_runtime.controller import Controller
 from vpcbus_runtime.reconciling import Context, Result
 from vpcbus_runtime.records import RecordStore
@@ -49,6 +51,8 @@ class Counting:
 
     async def reconcile(self, ctx: Context) -> Result:
         self.runs[ctx.key] += 1
+        if ctx.record is None or ctx.record.deleted:
+            return Result("Deleted", "TornDown", "swept")
         if ctx.project.startswith("slow-"):
             return Result("Pending", "Waiting", "not yet", requeue_after=3600.0)
         if ctx.project.startswith("wait-"):
@@ -144,3 +148,35 @@ async def test_a_peer_status_of_an_unknown_project_runs_nothing_until_it_owns_so
     assert await ctl.resync() >= 1
     await ctl.queue.drained()
     assert reconciler.runs["rs.ghost"] == 1
+
+
+async def test_a_torn_down_tombstone_is_not_swept_again_until_it_changes(
+    controller: tuple[Controller, Counting], client: Client
+) -> None:
+    ctl, reconciler = controller
+    await client.upsert(helpers.spec("rs", "gone"))
+    await helpers.eventually(lambda: ran(reconciler, "rs.gone", 1), timeout=15)
+    await client.delete(ProjectRef(organization="rs", name="gone"))
+    assert await helpers.eventually(lambda: ran(reconciler, "rs.gone", 2), timeout=15)
+    await ctl.queue.drained()
+    swept = reconciler.runs["rs.gone"]
+
+    # The resync and a peer's status run it: its teardown result again, no sweep.
+    ctl.settings = dataclasses.replace(ctl.settings, resync_seconds=0.0)
+    assert await ctl.resync() >= 1
+    await client.js.publish("vpcbus.status.ipam.rs.gone", peer_status("ipam", "gone"))
+    await asyncio.sleep(0.5)
+    await ctl.queue.drained()
+    assert reconciler.runs["rs.gone"] == swept
+    status = await client.status("dns", "rs", "gone")
+    assert status is not None and (status.state, status.message) == ("Deleted", "swept")
+
+    # The doctor's repair sweeps; so does a change of the record (deleted again).
+    await doctoring.repair(ctl, ["rs.gone"])
+    assert reconciler.runs["rs.gone"] == swept + 1
+    await client.delete(ProjectRef(organization="rs", name="gone"))
+    assert await helpers.eventually(lambda: ran(reconciler, "rs.gone", swept + 2), timeout=15)
+
+
+async def ran(reconciler: Counting, key: str, times: int) -> bool:
+    return reconciler.runs[key] >= times
