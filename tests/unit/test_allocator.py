@@ -242,6 +242,40 @@ def test_a_quarantined_address_is_found_again_when_its_quarantine_ends() -> None
     assert take(view, "d", now=161.0) == "10.9.0.2"  # ... and still sees it with time alone
 
 
+def test_scans_after_many_releases_do_not_walk_the_quarantined_addresses_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """200 projects deleted (their EIPs quarantined), then new ones: each allocation looks at
+    a few addresses, not at the 200 again (it did: quadratic, bench/). When the first of
+    those quarantines ends, the scan sees them again."""
+    view = SpaceView(pool("10.9.0.0/22"))
+    gone = [take(view, f"old{i}") for i in range(200)]
+    for i, addr in enumerate(gone):
+        view.apply(ip(addr), Slot(f"old{i}", False, 100.0 + i / 100))
+    looked = 0
+    usable_by = view.usable_by
+
+    def counting(addr: IPv4Address, holder: str, now: float, quarantine: float) -> bool:
+        nonlocal looked
+        looked += 1
+        return usable_by(addr, holder, now, quarantine)
+
+    monkeypatch.setattr(view, "usable_by", counting)
+    assert take(view, "new0", now=110.0) == "10.9.0.202"  # past the 200, once
+    looked = 0
+    new = [take(view, f"new{i}", now=110.0) for i in range(1, 101)]
+    assert new == [str(ip("10.9.0.203") + i) for i in range(100)]
+    assert looked <= 2 * len(new)
+    # .2's quarantine (released at 100.0) ends at 160.0: the lowest free address again.
+    assert take(view, "later", now=160.0) == "10.9.0.2"
+    # Its old holder released it: its own quarantined address is found below the window.
+    view.apply(ip("10.9.0.2"), Slot("later", False, 161.0))
+    view.apply(ip("10.9.1.50"), Slot("later", False, 162.0))  # released last, then taken:
+    view.apply(ip("10.9.1.50"), Slot("other", True, 162.5))
+    assert choose(view, "later", now=163.0) == "10.9.0.2"
+    assert choose(view, "someone", now=163.0) == "10.9.0.3"  # quarantined until 160.01
+
+
 def test_sticky_after_quarantine_even_when_lower_addresses_are_free() -> None:
     view = SpaceView(pool())
     for holder in ("a", "b", "c"):
