@@ -47,7 +47,6 @@ from vpcbus.client import Client
 from vpcbus.embedded.natsd import NatsServer
 from vpcbus_proto import names
 from vpcbus_proto.members import FipRef, FipSpec, LbServiceSpec, ServicePort
-from vpcbus_proto.projects import ProjectRef
 from vpcbus_proto.status import ServiceStatus
 from vpcbus_proto.subjects import ServiceName
 from vpcbus_runtime.kube import KubeClient
@@ -300,10 +299,8 @@ async def test_deleted_project_goes_nat_rules_and_eips_then_the_network(
     kube_services: ServiceProcs, client: Client, apiserver: FakeApiServer
 ) -> None:
     mark = apiserver.resource_version
-    published = await client.delete(ProjectRef(organization=ORG, name=PROJECT))
-    await until(
-        status_is(client, "Deleted", "TornDown", published.generation), "VPC Deleted", kube_services
-    )
+    # Watched, not polled: with a 1 s tombstone the Deleted statuses go soon after they come.
+    await helpers.delete_done(client, ORG, PROJECT)
     assert apiserver.object(KOVN, "vpcs", N) is None
     assert apiserver.object(KOVN, "subnets", f"{N}-default") is None
     with apiserver.store.cond:
