@@ -31,6 +31,7 @@ import contextvars
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -381,13 +382,15 @@ class _InsertPlan:
     careful: frozenset[str]
 
 
-_PLANS: dict[int, tuple[Any, int, _InsertPlan]] = {}
+#: By the table's id: a weak reference to it (a closed session's replica is not kept alive;
+#: an id reused by another table is told apart), its number of indexes, and the plan.
+_PLANS: dict[int, tuple[weakref.ref[Any], int, _InsertPlan]] = {}
 
 
 def _insert_plan(idl: Any, schema: Any) -> _InsertPlan:
     indexes = schema.rows.indexes
     known = _PLANS.get(id(schema))
-    if known is not None and known[0] is schema and known[1] == len(indexes):
+    if known is not None and known[0]() is schema and known[1] == len(indexes):
         return known[2]
     empties = tuple(
         (name, data.Datum.default(column.type))
@@ -397,7 +400,7 @@ def _insert_plan(idl: Any, schema: Any) -> _InsertPlan:
     careful = {c.column for index in indexes.values() for c in index.columns}
     careful |= set(idl.readonly.get(schema.name, ()))
     plan = _InsertPlan(empties, frozenset(careful))
-    _PLANS[id(schema)] = (schema, len(indexes), plan)
+    _PLANS[id(schema)] = (weakref.ref(schema), len(indexes), plan)
     return plan
 
 
