@@ -395,7 +395,7 @@ def _insert_plan(idl: Any, schema: Any) -> _InsertPlan:
     empties = tuple(
         (name, data.Datum.default(column.type))
         for name, column in schema.columns.items()
-        if column.type.n_min == 0 and (column.type.is_map() or column.type.n_max > 1)
+        if _starts_empty(column.type)
     )
     careful = {c.column for index in indexes.values() for c in index.columns}
     careful |= set(idl.readonly.get(schema.name, ()))
@@ -408,11 +408,15 @@ def set_columns(row: Row, schema: Any, columns: Mapping[str, Any]) -> None:
     """Fill a new row through ``setattr`` alone: ``columns``, and the optional set and map
     columns not among them empty (the reference :func:`insert` is tested against)."""
     for name, column in schema.columns.items():
-        kind = column.type
-        if name not in columns and kind.n_min == 0 and (kind.is_map() or kind.n_max > 1):
-            setattr(row, name, {} if kind.is_map() else [])
+        if name not in columns and _starts_empty(column.type):
+            setattr(row, name, {} if column.type.is_map() else [])
     for column, value in columns.items():
         setattr(row, column, value)
+
+
+def _starts_empty(kind: Any) -> bool:
+    """An optional set or map column: :func:`insert` gives a new row an empty one."""
+    return bool(kind.n_min == 0 and (kind.is_map() or kind.n_max > 1))
 
 
 def insert(api: Any, txn: Txn, table: str, **columns: Any) -> Row:
