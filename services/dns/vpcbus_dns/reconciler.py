@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 
 from vpcbus_dns import desired, ovn
 from vpcbus_proto import names
-from vpcbus_proto.status import AddressFacts
+from vpcbus_proto.status import AddressFacts, ServiceStatus
 from vpcbus_proto.subjects import ServiceName
 from vpcbus_proto.zones import ZoneReply
 from vpcbus_runtime.ovn import NbSession
@@ -26,6 +26,11 @@ async def ipam_facts(ctx: Context) -> AddressFacts | None:
     """IPAM's facts for the project's current generation; None until it has them."""
     ipam = await ctx.peers.status("ipam", ctx.organization, ctx.project)
     generation = ctx.record.generation if ctx.record is not None else -1
+    return _facts_at(ipam, generation)
+
+
+def _facts_at(ipam: ServiceStatus | None, generation: int) -> AddressFacts | None:
+    """``ipam``'s facts if it reported them at ``generation``."""
     if ipam is None or ipam.generation != generation:
         return None
     return ipam.addresses
@@ -39,10 +44,10 @@ async def peers_ready(ctx: Context, generation: int) -> AddressFacts | Result:
         detail = f"{vpc.state} {vpc.reason}" if vpc else "no status yet"
         # IPAM's status cannot unblock this (VPC's follows it): ``waiting_for``.
         return Result("Pending", "WaitingForVpc", f"vpc: {detail}", waiting_for="vpc")
-    facts = await ipam_facts(ctx)
+    ipam = await ctx.peers.status("ipam", ctx.organization, ctx.project)
+    facts = _facts_at(ipam, generation)
     if facts is None:
         # VPC is Ready, so IPAM was; until it reports addresses again, keep the zone
-        ipam = await ctx.peers.status("ipam", ctx.organization, ctx.project)
         detail = f"{ipam.state} {ipam.reason}" if ipam else "no status yet"
         return Result("Pending", "WaitingForIpam", f"ipam: {detail}", waiting_for="ipam")
     return facts
