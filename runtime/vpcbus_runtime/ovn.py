@@ -472,7 +472,8 @@ def has_member(row: Row, column: str, member: uuid.UUID) -> bool:
     in a 1,000-project burst). When the column has no change pending in this transaction,
     the committed datum answers by a set lookup instead, corrected by the mutations pending in
     this transaction (other projects' ``addvalue``s on the same switch, in a group commit):
-    python-ovs applies inserts, then removes."""
+    python-ovs sends a row's removes before its inserts, so a member both removed and added
+    in the transaction stays (as reading the column says)."""
     changes = getattr(row, "_changes", None)
     mutations: dict[str, Any] | None = getattr(row, "_mutations", None)
     committed: dict[str, Any] = getattr(row, "_data", None) or {}
@@ -482,10 +483,10 @@ def has_member(row: Row, column: str, member: uuid.UUID) -> bool:
     def holds(values: Any) -> bool:
         return any(getattr(v, "uuid", v) == member for v in values or ())
 
-    if holds(mutations.get("_removes", {}).get(column)):
-        return False
     if holds(mutations.get("_inserts", {}).get(column)):
         return True
+    if holds(mutations.get("_removes", {}).get(column)):
+        return False
     return data.Atom(ovs_types.UuidType, member) in committed[column].values
 
 

@@ -90,6 +90,19 @@ async def test_membership_agrees_with_the_column_committed_or_pending(nb: NbSess
         ("mb-p1", True, True), ("mb-p2", False, False), ("mb-p3", True, True),
     ]  # fmt: skip
 
+    def removed_then_added(api: Any, txn: Txn) -> tuple[bool, bool]:
+        """python-ovs sends a row's removes before its inserts: the port stays."""
+        ls = _switch(api)
+        port = nbdb.find(api, "Logical_Switch_Port", "mb-p1")
+        assert port is not None
+        ls.delvalue("ports", port)
+        ls.addvalue("ports", port)
+        return nbdb.has_member(ls, "ports", port.uuid), any(m.uuid == port.uuid for m in ls.ports)
+
+    assert await nb.transact(removed_then_added) == (True, True)
+    names = await nb.read(lambda api: sorted(p.name for p in _switch(api).ports))
+    assert names == ["mb-p1", "mb-p3"]
+
 
 async def test_two_sessions_to_two_databases_stay_apart(
     ovn: OvnCentral, tmp_path_factory: pytest.TempPathFactory
