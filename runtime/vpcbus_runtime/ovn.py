@@ -45,7 +45,7 @@ from ovsdbapp.schema.ovn_northbound import impl_idl
 
 from vpcbus_runtime import ovsjson
 from vpcbus_runtime.errors import PeerRowsMissingError, TemporaryError
-from vpcbus_runtime.ovsidl import NbIdl
+from vpcbus_runtime.ovsidl import OWNERS, NbIdl, OwnerIndex, refs_index
 
 log = structlog.get_logger()
 
@@ -133,17 +133,21 @@ class NbSession:
 
     def __init__(
         self, nb_db: str, *, tables: Mapping[str, tuple[str, ...]] | None = None,
-        timeout: float = 30.0,
+        refs: Mapping[str, tuple[str, ...]] | None = None, timeout: float = 30.0,
     ) -> None:  # fmt: skip
         """``tables``: the only NB tables and columns to replicate, table -> columns (default:
         every column of every table). A service that names what it reads and writes parses a
         fraction of NB's updates: with 1,000 projects the first connect of VPC took 20 s in
         bench/ while replicating every table, and the columns other services write (NAT's
         ``Logical_Router.nat``, DNS's ``Logical_Switch.dns_records``) are not sent to VPC at
-        all. Reading or writing a column left out raises ``AttributeError``."""
+        all. Reading or writing a column left out raises ``AttributeError``.
+
+        ``refs``: table -> reference columns whose holders :func:`holders` finds by index
+        (:class:`~vpcbus_runtime.ovsidl.RefIndex`) instead of a sweep of the table."""
         ovsjson.install()  # the ovs wheel lexes JSON in pure Python: 10x slower
         self.nb_db = nb_db
         self.tables = tables
+        self.refs = refs
         self.timeout = timeout
         self._api: Any = None
         self._lock = threading.Lock()
@@ -162,7 +166,7 @@ class NbSession:
                         helper.register_all()
                     for table, columns in (self.tables or {}).items():
                         helper.register_columns(table, list(columns))
-                    idl = NbIdl(self.nb_db, helper)
+                    idl = NbIdl(self.nb_db, helper, owners=(OWNER, PROJECT), refs=self.refs)
                     conn = connection.Connection(idl=idl, timeout=self.timeout)
                     # ovsdbapp keeps the connection in a class attribute, set once: every
                     # later instance would reuse the first session's (another NB, or a
@@ -351,16 +355,66 @@ def rows(api: Any, table: str) -> Iterator[Row]:
 
 
 def owned(api: Any, table: str, service: str, project_key: str | None = None) -> list[Row]:
-    """Rows of ``table`` owned by ``service`` (and by one project, when given)."""
-    out = []
-    for row in rows(api, table):
-        ids = row.external_ids
-        if ids.get(OWNER) != service:
-            continue
-        if project_key is not None and ids.get(PROJECT) != project_key:
-            continue
-        out.append(row)
-    return out
+    """Rows of ``table`` owned by ``service`` (and by one project, when given), as this
+    transaction sees them.
+
+    A table with an owner index (:class:`~vpcbus_runtime.ovsidl.OwnerIndex`; every replicated
+    table with ``external_ids``) answers from it: the rows the server has for the owner, and
+    those this transaction inserted or changed, each checked as the scan checks it. Order:
+    the index's, then the transaction's rows."""
+    return _owned(api, table, lambda ids: ids.get(OWNER) == service
+                  and (project_key is None or ids.get(PROJECT) == project_key),
+                  lambda index: _index_rows(index, service, project_key))  # fmt: skip
+
+
+def shared(api: Any, table: str, service: str) -> list[Row]:
+    """Rows of ``table`` owned by ``service`` and by no project (the external switches)."""
+    return _owned(api, table, lambda ids: ids.get(OWNER) == service and PROJECT not in ids,
+                  lambda index: index.owned_by(service, None))  # fmt: skip
+
+
+def _index_rows(index: OwnerIndex, service: str, project_key: str | None) -> list[Row]:
+    if project_key is not None:
+        return index.owned_by(service, project_key)
+    return [row for (owner, _), found in index.owners().items() if owner == service
+            for row in found]  # fmt: skip
+
+
+def _owned(
+    api: Any, table: str, wanted: Callable[[dict[str, str]], bool],
+    from_index: Callable[[OwnerIndex], list[Row]],
+) -> list[Row]:  # fmt: skip
+    schema = api.tables[table]
+    index = getattr(schema.rows, "indexes", {}).get(OWNERS)
+    if index is None:  # no owner index (a session of every column has one; a fake has not)
+        return [row for row in rows(api, table) if wanted(row.external_ids)]
+    return [row for row in _live(api, schema, from_index(index)) if wanted(row.external_ids)]
+
+
+def _live(api: Any, schema: Any, indexed: list[Row]) -> list[Row]:
+    """``indexed`` (an index's rows, as the server has them) and the rows of ``schema`` this
+    transaction inserted, changed or deleted, as the transaction sees them; not those it
+    deleted. The caller checks each one: an index only narrows the search."""
+    candidates = list(indexed)
+    txn = getattr(api.idl, "txn", None)
+    if txn is not None:
+        seen = {row.uuid for row in candidates}
+        candidates += [row for row in txn._txn_rows.values()
+                       if row._table is schema and row.uuid not in seen]  # fmt: skip
+    return [live for row in candidates if (live := schema.rows.get(row.uuid)) is not None]
+
+
+def holders(api: Any, table: str, column: str, member: uuid.UUID) -> list[Row]:
+    """Rows of ``table`` whose reference column ``column`` holds ``member``, as this
+    transaction sees them: from the column's :class:`~vpcbus_runtime.ovsidl.RefIndex` and
+    this transaction's rows of ``table`` when the session keeps one, else by a sweep."""
+    schema = api.tables[table]
+    index = getattr(schema.rows, "indexes", {}).get(refs_index(column))
+    if index is None:
+        candidates = list(schema.rows.values())
+    else:
+        candidates = _live(api, schema, index.holding(member))
+    return [row for row in candidates if has_member(row, column, member)]
 
 
 def find(api: Any, table: str, name: str) -> Row | None:

@@ -43,7 +43,7 @@ async def build(settings: Settings, _js: JetStreamContext) -> DnsReconciler | Ku
             return KubeDnsReconciler(KubeClient.from_config())
         except PermanentError as exc:
             raise SystemExit(f"VPCBUS_BACKEND=kube-ovn: {exc}") from None
-    nb = NbSession(settings.ovn_nb_db, tables=ovn.TABLES)
+    nb = NbSession(settings.ovn_nb_db, tables=ovn.TABLES, refs=ovn.REFS)
     nb.warm_up()
     return DnsReconciler(nb, upstream=upstream_from_env())
 

@@ -13,6 +13,8 @@ SERVICE = "dns"
 
 #: The NB tables and columns this service reads and writes; its session replicates only these.
 TABLES = {"DNS": ("records", "external_ids"), "Logical_Switch": ("name", "dns_records")}
+#: The reference columns whose holders a teardown looks up (an index each, see NbSession).
+REFS = {"Logical_Switch": ("dns_records",)}
 
 
 def converge_zone(api: Any, txn: Txn, want: DesiredZone, *, adopt: bool = True) -> list[str]:
@@ -52,9 +54,8 @@ def _mine(row: Any, key: str) -> bool:
 
 
 def _detach(api: Any, dns: Any) -> None:
-    for ls in ovn.rows(api, "Logical_Switch"):
-        if any(r.uuid == dns.uuid for r in ls.dns_records):
-            ls.delvalue("dns_records", dns)
+    for ls in ovn.holders(api, "Logical_Switch", "dns_records", dns.uuid):
+        ls.delvalue("dns_records", dns)
 
 
 def teardown_zone(api: Any, txn: Txn, key: str) -> int:

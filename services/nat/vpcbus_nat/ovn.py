@@ -21,6 +21,8 @@ TABLES = {
     "NAT": ("type", "external_ip", "logical_ip", "external_ids"),
     "Load_Balancer": ("name", "protocol", "vips", "external_ids"),
 }
+#: The reference columns whose holders a teardown looks up (an index each, see NbSession).
+REFS = {"Logical_Router": ("nat", "load_balancer")}
 
 
 def _mine(row: Row, key: str) -> bool:
@@ -85,20 +87,15 @@ def _converge_balancers(
 
 
 def teardown_nat(api: Any, txn: Txn, key: str) -> int:
+    """Remove the project's NAT rules and load balancers from whichever routers hold them
+    (found by index, :data:`REFS`), then the rows."""
     removed = 0
-    balancers = ovn.owned(api, "Load_Balancer", SERVICE, key)
-    for router in ovn.rows(api, "Logical_Router"):
-        for nat in list(router.nat):
-            if _mine(nat, key):
-                router.delvalue("nat", nat)
-                nat.delete()
-                removed += 1
-        for lb in list(getattr(router, "load_balancer", [])):
-            if any(lb.uuid == b.uuid for b in balancers):
-                router.delvalue("load_balancer", lb)
-    for lb in balancers:
-        lb.delete()
-        removed += 1
+    for column, table in (("nat", "NAT"), ("load_balancer", "Load_Balancer")):
+        for row in ovn.owned(api, table, SERVICE, key):
+            for router in ovn.holders(api, "Logical_Router", column, row.uuid):
+                router.delvalue(column, row)
+            row.delete()
+            removed += 1
     return removed
 
 
