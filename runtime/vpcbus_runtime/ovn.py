@@ -45,7 +45,7 @@ from ovsdbapp.schema.ovn_northbound import impl_idl
 
 from vpcbus_runtime import ovsjson
 from vpcbus_runtime.errors import PeerRowsMissingError, TemporaryError
-from vpcbus_runtime.ovsidl import OWNERS, NbIdl, OwnerIndex, refs_index
+from vpcbus_runtime.ovsidl import OWNERS, HashIndex, NbIdl, OwnerIndex, refs_index
 
 log = structlog.get_logger()
 
@@ -418,11 +418,28 @@ def holders(api: Any, table: str, column: str, member: uuid.UUID) -> list[Row]:
 
 
 def find(api: Any, table: str, name: str) -> Row | None:
-    """A row by its ``name`` column (indexed lookup), or None."""
+    """A row by its ``name`` column (indexed lookup), or None.
+
+    A table with a :class:`~vpcbus_runtime.ovsidl.HashIndex` of names is asked directly:
+    ovsdbapp's lookup first tries the name as a UUID and then raises ``RowNotFound`` for a
+    name it does not find, two exceptions per miss, and a new project's rows all miss."""
+    index = getattr(api.tables[table].rows, "indexes", {}).get("name")
+    if isinstance(index, HashIndex):
+        return index.first((name,))
     try:
         return api._lookup(table, name)
     except Exception:
         return None
+
+
+def upsert(api: Any, txn: Txn, table: str, name: str, **columns: Any) -> Row:
+    """The row named ``name`` with ``columns``: a new one written in one go (:func:`insert`,
+    not ``setattr`` per column), or the existing one converged."""
+    row = find(api, table, name)
+    if row is None:
+        return insert(api, txn, table, name=name, **columns)
+    converge(row, **columns)
+    return row
 
 
 @dataclass(frozen=True)

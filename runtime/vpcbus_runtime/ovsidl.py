@@ -109,6 +109,15 @@ class HashIndex(custom_index.MultiColumnIndex):  # type: ignore[misc]
         for bucket in self._buckets.values():
             yield from bucket.values()
 
+    def first(self, key: tuple[Any, ...]) -> Row | None:
+        """A row whose indexed columns are ``key`` (the table's current one), or None: what
+        ``irange(entry, entry)`` yields first."""
+        for row in self._buckets.get(key, {}).values():
+            live = row._table.rows.get(row.uuid)
+            if live is not None:
+                return live
+        return None
+
     def irange(self, start: Entry, end: Entry) -> Iterator[Row]:
         """The rows from ``start`` to ``end`` (index entries), as table rows; an equal pair,
         which every lookup asks, is one bucket."""

@@ -50,31 +50,30 @@ def ensure_external_switch(api: Any, txn: Txn, network: str) -> Row:
     ls = ovn.find(api, "Logical_Switch", name)
     if ls is None:
         ls = ovn.insert(api, txn, "Logical_Switch", name=name, external_ids=ids)
-    localnet = f"{name}-localnet"
-    lsp = ovn.find(api, "Logical_Switch_Port", localnet)
-    if lsp is None:
-        lsp = ovn.insert(api, txn, "Logical_Switch_Port", name=localnet, external_ids=ids)
-    ovn.converge(lsp, type="localnet", addresses=["unknown"], options={"network_name": network})
+    lsp = ovn.upsert(
+        api, txn, "Logical_Switch_Port", f"{name}-localnet", type="localnet",
+        addresses=["unknown"], options={"network_name": network}, external_ids=ids,
+    )  # fmt: skip
     ovn.ensure_member(ls, "ports", lsp)
     return ls
 
 
 def _router_port(api: Any, txn: Txn, router: Row, pair: PortPair, ids: dict[str, str]) -> None:
-    lrp = ovn.find(api, "Logical_Router_Port", pair.router_port)
-    if lrp is None:
-        lrp = ovn.insert(api, txn, "Logical_Router_Port", name=pair.router_port)
-    ovn.converge(lrp, mac=pair.mac, networks=[pair.network], external_ids=ids)
+    lrp = ovn.upsert(
+        api, txn, "Logical_Router_Port", pair.router_port, mac=pair.mac,
+        networks=[pair.network], external_ids=ids,
+    )  # fmt: skip
     ovn.ensure_member(router, "ports", lrp)
 
 
 def _switch_port(api: Any, txn: Txn, switch: Row, pair: PortPair, ids: dict[str, str]) -> None:
-    lsp = ovn.find(api, "Logical_Switch_Port", pair.switch_port)
-    if lsp is None:
-        lsp = ovn.insert(api, txn, "Logical_Switch_Port", name=pair.switch_port)
     options = {"router-port": pair.router_port}
     if pair.nat_addresses:
         options["nat-addresses"] = "router"
-    ovn.converge(lsp, type="router", addresses=["router"], options=options, external_ids=ids)
+    lsp = ovn.upsert(
+        api, txn, "Logical_Switch_Port", pair.switch_port, type="router",
+        addresses=["router"], options=options, external_ids=ids,
+    )  # fmt: skip
     ovn.ensure_member(switch, "ports", lsp)
 
 
@@ -83,11 +82,12 @@ def _routes(txn: Txn, api: Any, router: Row, want: DesiredVpc, ids: dict[str, st
     for route in want.routes:
         match = next((r for r in mine if r.ip_prefix == route.prefix), None)
         if match is None:
-            match = ovn.insert(api, txn, "Logical_Router_Static_Route", ip_prefix=route.prefix)
+            match = ovn.insert(api, txn, "Logical_Router_Static_Route", ip_prefix=route.prefix,
+                               nexthop=route.nexthop, external_ids=ids)  # fmt: skip
             router.addvalue("static_routes", match)
         else:
             mine.remove(match)
-        ovn.converge(match, nexthop=route.nexthop, external_ids=ids)
+            ovn.converge(match, nexthop=route.nexthop, external_ids=ids)
     for stale in mine:
         router.delvalue("static_routes", stale)
         stale.delete()
@@ -173,10 +173,10 @@ def _workload_ports(
         port_ids = {**ids, ROLE: WORKLOAD, MEMBER: port.member}
         lsp, current = switch_ports.workloads.get(port.name, (None, None))
         if lsp is None:
-            lsp = _new_workload_port(api, txn, switch, port)
-            if isinstance(lsp, str):
-                conflicts[port.name] = lsp
-                continue
+            taken = _new_workload_port(api, txn, switch, port, port_ids)
+            if taken is not None:
+                conflicts[port.name] = taken
+            continue
         if current != port_ids:
             lsp.external_ids = port_ids
         ovn.converge(lsp, addresses=[port.address], port_security=[port.address])
@@ -188,29 +188,27 @@ def _workload_ports(
     return conflicts
 
 
-def _new_workload_port(api: Any, txn: Txn, switch: Row, port: WorkloadPort) -> Row | str:
+def _new_workload_port(
+    api: Any, txn: Txn, switch: Row, port: WorkloadPort, ids: dict[str, str]
+) -> str | None:
     """A new port on the switch, unless its (unique) name is taken by a row that is not one
     of the project's workload ports: then why, and that row is left alone."""
     taken = ovn.find(api, "Logical_Switch_Port", port.name)
     if taken is not None:
         owner = taken.external_ids.get(PROJECT) or taken.external_ids.get(OWNER) or "nobody"
         return f"port {port.name} already exists and is not this NIC's (owner: {owner})"
-    lsp = ovn.insert(api, txn, "Logical_Switch_Port", name=port.name)
+    lsp = ovn.insert(api, txn, "Logical_Switch_Port", name=port.name, external_ids=ids,
+                     addresses=[port.address], port_security=[port.address])  # fmt: skip
     switch.addvalue("ports", lsp)
-    return lsp
+    return None
 
 
 def converge_vpc(api: Any, txn: Txn, want: DesiredVpc) -> dict[str, str]:
     """Converge the project's rows; returns the workload ports it could not bind."""
     ids = ovn.ownership(SERVICE, want.key, **{"vpcbus-namespace": want.namespace})
-    router = ovn.find(api, "Logical_Router", want.router)
-    if router is None:
-        router = ovn.insert(api, txn, "Logical_Router", name=want.router)
-    ovn.converge(router, options={"chassis": want.chassis}, external_ids=ids)
-    switch = ovn.find(api, "Logical_Switch", want.switch)
-    if switch is None:
-        switch = ovn.insert(api, txn, "Logical_Switch", name=want.switch)
-    ovn.converge(switch, external_ids=ids)
+    router = ovn.upsert(api, txn, "Logical_Router", want.router,
+                        options={"chassis": want.chassis}, external_ids=ids)  # fmt: skip
+    switch = ovn.upsert(api, txn, "Logical_Switch", want.switch, external_ids=ids)
     switch_ports = _SwitchPorts.read(switch, want.key)
     _router_port(api, txn, router, want.lan, ids)
     _switch_port(api, txn, switch, want.lan, ids)
