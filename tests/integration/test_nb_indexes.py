@@ -188,3 +188,38 @@ async def test_teardowns_find_rows_the_services_did_not_put_there(ovn: Any) -> N
         assert names == ["td-ext", "td-foreign"]  # shared and foreign switches stay
     finally:
         session.close()
+
+
+async def test_find_answers_as_ovsdbapps_lookup(nb: NbSession) -> None:
+    """``ovn.find`` reads the name index itself; ovsdbapp's ``_lookup`` is the reference,
+    for committed rows, rows this transaction inserted or renamed, and rows it deleted."""
+
+    def build(api: Any, txn: Txn) -> None:
+        for name in ("fd-a", "fd-b", "fd-c"):
+            nbdb.insert(api, txn, "Logical_Switch", name=name)
+
+    await nb.transact(build)
+
+    def lookup(api: Any, name: str) -> Any:
+        try:
+            return api._lookup("Logical_Switch", name)
+        except Exception:
+            return None
+
+    def compare(api: Any, txn: Txn) -> list[tuple[str, Any, Any]]:
+        nbdb.insert(api, txn, "Logical_Switch", name="fd-new")
+        gone = nbdb.find(api, "Logical_Switch", "fd-b")
+        assert gone is not None
+        gone.delete()
+        renamed = nbdb.find(api, "Logical_Switch", "fd-c")
+        assert renamed is not None
+        renamed.name = "fd-c2"
+        names = ("fd-a", "fd-b", "fd-c", "fd-c2", "fd-new", "fd-none")
+        return [(n, nbdb.find(api, "Logical_Switch", n), lookup(api, n)) for n in names]
+
+    seen = await nb.transact(compare)
+    assert [(n, f is None) for n, f, _ in seen] == [
+        ("fd-a", False), ("fd-b", True), ("fd-c", True), ("fd-c2", False), ("fd-new", False),
+        ("fd-none", True),
+    ]  # fmt: skip
+    assert all(f is g for _, f, g in seen)
