@@ -956,6 +956,7 @@ class Config:
     keep: bool
     northd: bool = True
     skip: frozenset[str] = frozenset()
+    profile_rate: int = 100
 
     def wait(self, n: int) -> float:
         """How long a burst of ``n`` may take before it is reported incomplete."""
@@ -1015,7 +1016,7 @@ async def run_repeat(cfg: Config, rep: int, root: Path, out: dict[str, Any]) -> 
             )  # fmt: skip
             print(f"    p50 {s['p50_ms']:.0f} ms p99 {s['p99_ms']:.0f} ms  cpu {s['cpu_seconds']}")
 
-        profiler = Profiler(cfg.profile) if cfg.profile is not None else None
+        profiler = Profiler(cfg.profile, cfg.profile_rate) if cfg.profile is not None else None
         largest = max(cfg.sizes)
         for n in cfg.sizes:
             label = f"r{rep}n{n}"
@@ -1236,6 +1237,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config]:
         help="diagnostic: stop ovn-northd (NB only; isolates the services' cost)",
     )
     p.add_argument("--profile", type=Path, help="py-spy each service in the largest burst")
+    p.add_argument("--profile-rate", type=int, default=100, help="py-spy samples per second")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                    help="extra service environment, e.g. VPCBUS_WORKERS=32")  # fmt: skip
     p.add_argument("--out", type=Path, help="results JSON (default bench/results-<ts>.json)")
@@ -1269,6 +1271,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config]:
         keep=args.keep,
         northd=not args.no_northd,
         skip=frozenset(x.strip() for x in args.skip.split(",") if x.strip()),
+        profile_rate=args.profile_rate,
     )
     return args, cfg
 
