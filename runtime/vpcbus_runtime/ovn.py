@@ -448,9 +448,10 @@ class _InsertPlan:
 
     #: Optional set and map columns, with their empty datum.
     empties: tuple[tuple[str, data.Datum], ...]
-    #: Columns written through ``Row.__setattr__`` (indexed or read-only ones): it keeps the
-    #: table's indexes up to date and skips read-only columns.
+    #: Read-only columns, written through ``Row.__setattr__`` (which skips them).
     careful: frozenset[str]
+    #: Indexed columns: written directly too, then the row is added to the indexes of them.
+    indexed: frozenset[str]
 
 
 #: By the table's id: a weak reference to it (a closed session's replica is not kept alive;
@@ -468,9 +469,9 @@ def _insert_plan(idl: Any, schema: Any) -> _InsertPlan:
         for name, column in schema.columns.items()
         if _starts_empty(column.type)
     )
-    careful = {c.column for index in indexes.values() for c in index.columns}
-    careful |= set(idl.readonly.get(schema.name, ()))
-    plan = _InsertPlan(empties, frozenset(careful))
+    careful = frozenset(idl.readonly.get(schema.name, ()))
+    indexed = {c.column for index in indexes.values() for c in index.columns} - careful
+    plan = _InsertPlan(empties, careful, frozenset(indexed))
     _PLANS[id(schema)] = (weakref.ref(schema), len(indexes), plan)
     return plan
 
@@ -493,11 +494,12 @@ def _starts_empty(kind: Any) -> bool:
 def insert(api: Any, txn: Txn, table: str, **columns: Any) -> Row:
     """A new row; optional set and map columns start empty so they can be read at once.
 
-    Columns that no index and no read-only rule involve are written to the new row's changes
-    directly: ``Row.__setattr__`` looks the column up in every index of the table twice and
-    reads the old value first, which for a row that has none raises and catches an
-    ``AttributeError``; that was a fifth of VPC's CPU in a burst (bench/). A value that
-    python-ovs cannot convert raises here, where ``__setattr__`` would log and drop it."""
+    Columns other than read-only ones are written to the new row's changes directly, and the
+    row is then added to the indexes of the indexed ones (a name): ``Row.__setattr__`` looks
+    the column up in every index of the table twice and reads the old value first, which for
+    a row that has none raises and catches an ``AttributeError``; that was a fifth of VPC's
+    CPU in a burst (bench/). A value that python-ovs cannot convert raises here, where
+    ``__setattr__`` would log and drop it."""
     schema = api.tables[table]
     row = txn.insert(schema)
     if not isinstance(row, ovs_idl.Row):  # not python-ovs' (the unit tests' NB fake)
@@ -514,6 +516,12 @@ def insert(api: Any, txn: Txn, table: str, **columns: Any) -> Row:
         else:
             kind = schema.columns[column].type
             changes[column] = data.Datum.from_python(kind, value, ovs_idl._row_to_uuid)
+    if plan.indexed and not plan.indexed.isdisjoint(columns):
+        # What Row.__setattr__ does after a write, for a row no index holds yet (its columns
+        # had no value when txn.insert added it to the table).
+        for index in schema.rows.indexes.values():
+            if any(c.column in columns for c in index.columns):
+                index.add(row)
     return row
 
 

@@ -60,6 +60,10 @@ def _hashable(value: Any) -> Any:
     return value
 
 
+#: What :func:`_value` returns for a column a new row has no value in yet.
+_NO_VALUE = object()
+
+
 def _value(row: Row, column: str) -> Any:
     """``getattr(row, column)``, hashable; a scalar is read straight from the server's data."""
     stored = row._data
@@ -67,9 +71,14 @@ def _value(row: Row, column: str) -> Any:
         datum = dict.get(stored, column)  # dict.get: no default made for a column left out
         if datum is not None and len(datum.values) == 1 and datum.type.n_max == 1:
             return next(iter(datum.values)).value  # a scalar (a map's n_max is its size too)
+    if stored is None:  # a row a transaction inserts: a value only if the transaction set it
+        changes = row._changes
+        if changes is None or (
+            column not in changes and column not in row._mutations.get("_inserts", {})
+        ):
+            return _NO_VALUE  # python-ovs' Row.__getattr__ raises, building a message
     # A default, a set, a map or a transaction's value. AttributeError for a column not
-    # replicated or a row a transaction inserts (no value yet): python-ovs' index leaves
-    # those out as well.
+    # replicated: python-ovs' index leaves those rows out, as those without a value yet.
     return _hashable(getattr(row, column))
 
 
@@ -87,10 +96,12 @@ class HashIndex(custom_index.MultiColumnIndex):  # type: ignore[misc]
     def _key(self, row: Row) -> tuple[Any, ...] | None:
         try:
             if len(self.columns) == 1:  # ovsdbapp's name indexes
-                return (_value(row, self.columns[0].column),)
-            return tuple([_value(row, c.column) for c in self.columns])
-        except AttributeError:  # a column not set yet: python-ovs skips the row too
+                key = (_value(row, self.columns[0].column),)
+            else:
+                key = tuple([_value(row, c.column) for c in self.columns])
+        except AttributeError:  # a column not replicated: python-ovs skips the row too
             return None
+        return None if any(v is _NO_VALUE for v in key) else key  # not set yet: skipped too
 
     def add(self, row: Row) -> None:
         key = self._key(row)
