@@ -20,7 +20,7 @@ from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from vpcbus_proto import permissions, subjects
-from vpcbus_runtime import natsauth
+from vpcbus_runtime import natsauth, replies
 
 #: Events are kept a week: enough for any consumer to catch up after an outage.
 EVENTS_MAX_AGE = 7 * 24 * 3600.0
@@ -50,7 +50,7 @@ async def connect(
         log.info("nats reconnected")
 
     auth = natsauth.from_env().with_login(user, password)
-    return await nats.connect(
+    nc = await nats.connect(
         servers=servers,
         name=name,
         **auth.options(),
@@ -62,6 +62,8 @@ async def connect(
         connect_timeout=2,
         allow_reconnect=True,
     )
+    replies.install(nc)  # request/reply without a timer per request
+    return nc
 
 
 def stream_configs() -> list[api.StreamConfig]:
