@@ -101,7 +101,7 @@ class HashIndex(custom_index.MultiColumnIndex):  # type: ignore[misc]
                 key = tuple([_value(row, c.column) for c in self.columns])
         except AttributeError:  # a column not replicated: python-ovs skips the row too
             return None
-        return None if any(v is _NO_VALUE for v in key) else key  # not set yet: skipped too
+        return None if _NO_VALUE in key else key  # a column not set yet: skipped too
 
     def add(self, row: Row) -> None:
         key = self._key(row)
