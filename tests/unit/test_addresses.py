@@ -139,6 +139,22 @@ async def test_a_claim_a_crash_left_for_a_gone_holder_is_released(
     assert await addr(book, "next") == "10.9.0.2"
 
 
+async def test_release_frees_every_address_the_holder_holds_and_no_other(
+    book: AddressBook, kv: FakeKV, clock: Clock
+) -> None:
+    """A holder with its bound address and one a crash left claimed: both are released (found
+    through the holder index); the other holders keep theirs."""
+    for holder in "abc":
+        await book.ensure(P, holder)  # .2 .3 .4
+    await crashed_claim(kv, "pool.p.10.9.0.6", "b", clock.now)
+    assert await book.release(P, "b") in {ip("10.9.0.3"), ip("10.9.0.6")}
+    holdings = stored(kv, "pool.p")[0]
+    assert sorted(a for a in holdings if holdings[a].held) == [ip("10.9.0.2"), ip("10.9.0.4")]
+    assert {holdings[a].holder for a in (ip("10.9.0.3"), ip("10.9.0.6"))} == {"b"}
+    assert await book.release(P, "b") is None  # nothing held any more
+    check_store(kv, P)
+
+
 async def test_a_claim_that_failed_midway_leaves_its_address_allocatable(
     book: AddressBook, kv: FakeKV
 ) -> None:

@@ -409,11 +409,16 @@ class AddressBook:
         raise AllocationError("AllocationContended", f"gave up after {MAX_ROUNDS} contended rounds")
 
     async def release(self, space: Pool, holder: str) -> IPv4Address | None:
-        """Release what ``holder`` holds in ``space`` into quarantine; returns the address."""
+        """Release what ``holder`` holds in ``space`` into quarantine; returns the address.
+
+        The holder's addresses come from the holder index (``_ips``), not a scan of the space:
+        a shared external pool holds every project's gateway EIP, and deleting 5,000 projects
+        scanned it once each (bench/: IPAM 27.6 CPU-s, 46 s for the delete burst)."""
         view = self.view(space)
         freed = None
-        for ip, slot in list(view.slots.items()):
-            if slot.held and slot.holder == holder:
+        for ip in sorted(self._ips.get(space.prefix, {}).get(holder, ())):
+            slot = view.slots.get(ip)
+            if slot is not None and slot.held and slot.holder == holder:
                 await self._release_address(view, ip, holder)
                 freed = ip
         found = self._binds.get(space.prefix, {}).get(holder)
