@@ -62,7 +62,7 @@ async def connect(
         connect_timeout=2,
         allow_reconnect=True,
     )
-    replies.install(nc)  # request/reply without a timer per request
+    await replies.install(nc)  # request/reply without a timer per request
     return nc
 
 

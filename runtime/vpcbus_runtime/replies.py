@@ -18,7 +18,6 @@ nats-py's own handling of the reply.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import deque
 from typing import Any
 
@@ -52,10 +51,8 @@ class Replies:
         self, subject: str, payload: bytes = b"", timeout: float = 0.5, old_style: bool = False,
         headers: dict[str, Any] | None = None,
     ) -> Msg:  # fmt: skip
-        if old_style:
+        if old_style or self._sub is None:  # not started (install starts it)
             return await self._stock(subject, payload, timeout, old_style, headers)
-        if self._sub is None:
-            self._sub = await self.nc.subscribe(f"{self._prefix}*", cb=self._on_reply)
         loop = asyncio.get_running_loop()
         self._serial += 1
         token = str(self._serial)
@@ -72,6 +69,11 @@ class Replies:
         if msg.headers and msg.headers.get(_STATUS) == _NO_RESPONDERS:
             raise nats.errors.NoRespondersError
         return msg
+
+    async def start(self) -> None:
+        """Subscribe to the replies' inbox (once, before any request can race to do it)."""
+        if self._sub is None:
+            self._sub = await self.nc.subscribe(f"{self._prefix}*", cb=self._on_reply)
 
     async def _on_reply(self, msg: Msg) -> None:
         future = self._waiting.get(msg.subject[len(self._prefix) :])
@@ -94,15 +96,10 @@ class Replies:
         finally:
             self._sweeper = None
 
-    async def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
 
-
-def install(nc: Client) -> Replies:
+async def install(nc: Client) -> Replies:
     """Make ``nc.request`` a :class:`Replies`' (for this client only)."""
     replies = Replies(nc)
+    await replies.start()
     nc.request = replies.request  # type: ignore[method-assign]
     return replies
