@@ -288,8 +288,8 @@ def _holders(api: Any, lsp: Row, own: list[Row]) -> list[Row]:
     if shared:
         return shared
     skip = {ls.uuid for ls in own}
-    return [ls for ls in ovn.rows(api, "Logical_Switch")
-            if ls.uuid not in skip and ovn.has_member(ls, "ports", lsp.uuid)]  # fmt: skip
+    return [ls for ls in ovn.holders(api, "Logical_Switch", "ports", lsp.uuid)
+            if ls.uuid not in skip]  # fmt: skip
 
 
 def owned_projects(api: Any) -> set[str]:
