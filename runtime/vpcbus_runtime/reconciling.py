@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeGuard
 
 from pydantic import BaseModel
 
@@ -63,6 +63,19 @@ class Result:
     #: it (the named peer's next status, an own event or the resync run it again). A bench
     #: burst ran NAT and DNS ~2 times per project for statuses that changed nothing.
     waiting_for: ServiceName | None = None
+
+
+def ready_at(status: ServiceStatus | None, generation: int) -> TypeGuard[ServiceStatus]:
+    """A peer's ``status`` says Ready for the project's ``generation``."""
+    return status is not None and status.generation == generation and status.state == "Ready"
+
+
+def waiting_for_peer(peer: ServiceName, status: ServiceStatus | None) -> Result:
+    """``Pending WaitingFor<Peer>``, saying what ``peer`` reports, and waiting for it alone
+    (:attr:`Result.waiting_for`)."""
+    detail = f"{status.state} {status.reason}" if status else "no status yet"
+    return Result("Pending", f"WaitingFor{peer.capitalize()}", f"{peer}: {detail}",
+                  waiting_for=peer)  # fmt: skip
 
 
 class Reconciler(Protocol):

@@ -19,7 +19,13 @@ from vpcbus_proto.status import AddressFacts, ServiceStatus
 from vpcbus_proto.subjects import ServiceName
 from vpcbus_proto.zones import ZoneReply
 from vpcbus_runtime.ovn import NbSession
-from vpcbus_runtime.reconciling import Context, ProjectEndpoint, Result
+from vpcbus_runtime.reconciling import (
+    Context,
+    ProjectEndpoint,
+    Result,
+    ready_at,
+    waiting_for_peer,
+)
 
 
 async def ipam_facts(ctx: Context) -> AddressFacts | None:
@@ -40,16 +46,14 @@ async def peers_ready(ctx: Context, generation: int) -> AddressFacts | Result:
     """IPAM's facts once VPC is Ready at the record's ``generation``; else the Pending
     result that says what DNS waits for (shared by both backends)."""
     vpc = await ctx.peers.status("vpc", ctx.organization, ctx.project)
-    if vpc is None or vpc.generation != generation or vpc.state != "Ready":
-        detail = f"{vpc.state} {vpc.reason}" if vpc else "no status yet"
+    if not ready_at(vpc, generation):
         # IPAM's status cannot unblock this (VPC's follows it): ``waiting_for``.
-        return Result("Pending", "WaitingForVpc", f"vpc: {detail}", waiting_for="vpc")
+        return waiting_for_peer("vpc", vpc)
     ipam = await ctx.peers.status("ipam", ctx.organization, ctx.project)
     facts = _facts_at(ipam, generation)
     if facts is None:
         # VPC is Ready, so IPAM was; until it reports addresses again, keep the zone
-        detail = f"{ipam.state} {ipam.reason}" if ipam else "no status yet"
-        return Result("Pending", "WaitingForIpam", f"ipam: {detail}", waiting_for="ipam")
+        return waiting_for_peer("ipam", ipam)
     return facts
 
 

@@ -9,7 +9,7 @@ from vpcbus_proto import names
 from vpcbus_proto.status import ExternalAddress, ServiceStatus
 from vpcbus_proto.subjects import ServiceName
 from vpcbus_runtime.ovn import NbSession
-from vpcbus_runtime.reconciling import Context, Result
+from vpcbus_runtime.reconciling import Context, Result, ready_at, waiting_for_peer
 from vpcbus_runtime.records import ProjectRecord
 
 GATEWAY_EIP = "default-gw"
@@ -63,14 +63,12 @@ async def peers_ready(
     status, only to find VPC not Ready yet (bench/: 2.98 reconciles per project in a burst)."""
     generation = record.generation
     vpc = await ctx.peers.status("vpc", ctx.organization, ctx.project)
-    if vpc is None or vpc.generation != generation or vpc.state != "Ready":
-        detail = f"{vpc.state} {vpc.reason}" if vpc else "no status yet"
-        return Result("Pending", "WaitingForVpc", f"vpc: {detail}", waiting_for="vpc")
+    if not ready_at(vpc, generation):
+        return waiting_for_peer("vpc", vpc)
     ipam = await ctx.peers.status("ipam", ctx.organization, ctx.project)
-    if ipam is None or ipam.generation != generation or ipam.state != "Ready":
+    if not ready_at(ipam, generation):
         # VPC was Ready on IPAM's facts of this generation; IPAM changed since (a member).
-        detail = f"{ipam.state} {ipam.reason}" if ipam else "no status yet"
-        return Result("Pending", "WaitingForIpam", f"ipam: {detail}", waiting_for="ipam")
+        return waiting_for_peer("ipam", ipam)
     gw = ipam.addresses.eip(GATEWAY_EIP) if ipam.addresses else None
     if gw is None:
         return Result("Pending", "WaitingForIpam", "ipam reports no default-gw EIP",
