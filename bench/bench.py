@@ -84,6 +84,7 @@ from vpcbus.embedded.ovn import OvnCentral
 from vpcbus_proto import events, subjects
 from vpcbus_proto.projects import ProjectRef, ProjectSpec
 from vpcbus_proto.status import ServiceStatus, project_ready
+from vpcbus_runtime.pulling import Puller
 
 BENCH_DIR = Path(__file__).resolve().parent
 ORG = "bench"
@@ -746,7 +747,8 @@ async def phase_steady(
 
 
 async def baseline_jetstream(url: str, messages: int) -> dict[str, Any]:
-    """Raw JetStream on the same server: async publish while a pull consumer acks each."""
+    """Raw JetStream on the same server: async publish while a pull consumer acks each
+    (pulled as the services pull, :class:`vpcbus_runtime.pulling.Puller`)."""
     nc = await nats.connect(url, name="vpcbus-bench-raw")
     js = nc.jetstream()
     stream = f"BENCH_RAW_{uuid.uuid4().hex[:6]}"
@@ -765,7 +767,6 @@ async def baseline_jetstream(url: str, messages: int) -> dict[str, Any]:
             max_ack_pending=1024,
         ),
     )
-    psub = await js.pull_subscribe_bind(durable=durable, stream=stream)
     body = json.dumps(
         events.new_event(subjects.PROJECT_CREATED, spec_for("raw-baseline-project"))
     ).encode()
@@ -773,20 +774,17 @@ async def baseline_jetstream(url: str, messages: int) -> dict[str, Any]:
     done = asyncio.Event()
     got = 0
 
-    async def consume() -> None:
+    async def consume(msg: Msg) -> None:
         nonlocal got
-        while got < messages:
-            try:
-                msgs = await psub.fetch(128, timeout=2.0)
-            except nats.errors.TimeoutError:
-                continue
-            for m in msgs:
-                await m.ack()
-                got += 1
-        done.set()
+        await msg.ack()
+        got += 1
+        if got >= messages:
+            done.set()
 
+    # The services' own pull loop: the fastest consume of the parts they are built from.
+    puller = Puller(nc, stream, durable, consume)
     try:
-        consumer = asyncio.create_task(consume())
+        await puller.start()
         start = now()
         for i in range(messages):
             await js.publish_async(subject, body, headers={"Nats-Msg-Id": f"{stream}-{i}"})
@@ -794,7 +792,7 @@ async def baseline_jetstream(url: str, messages: int) -> dict[str, Any]:
         published = now()
         await asyncio.wait_for(done.wait(), timeout=120)
         consumed = now()
-        await consumer
+        await puller.stop()
         # What vpcbus.client does per event: a sequential publish awaiting each ack.
         sync_n = max(200, messages // 10)
         sync_start = now()
@@ -802,6 +800,7 @@ async def baseline_jetstream(url: str, messages: int) -> dict[str, Any]:
             await js.publish(subject, body, headers={"Nats-Msg-Id": f"{stream}-s{i}"})
         sync_seconds = now() - sync_start
     finally:
+        await puller.stop()
         await js.delete_stream(stream)
         await nc.close()
     return {

@@ -26,7 +26,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
-import nats.errors
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -39,6 +38,7 @@ from vpcbus_proto.subjects import ServiceName
 from vpcbus_runtime import intake
 from vpcbus_runtime.errors import PermanentError, TemporaryError
 from vpcbus_runtime.members import MemberIndex, MemberRecord
+from vpcbus_runtime.pulling import Puller
 from vpcbus_runtime.reconciling import Context, Reconciler, Result
 from vpcbus_runtime.records import Fold, RecordStore
 from vpcbus_runtime.settings import Settings
@@ -183,7 +183,7 @@ class Controller:
         self._slots = asyncio.Semaphore(self.in_flight)
         self.latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)  # seconds per reconcile
         self.lag: Lag | None = None
-        self._events: JetStreamContext.PullSubscription | None = None
+        self._pullers: list[Puller] = []
         #: When each project last converged (Ready or Deleted), by the loop's clock: a
         #: resync skips what converged in the last half period.
         self._converged_at: dict[str, float] = {}
@@ -200,20 +200,21 @@ class Controller:
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
-        events = await self._consumer(
-            subjects.EVENTS_STREAM, f"{self.service}-events", [f"{f}.*" for f in self.families]
-        )
-        self._events = events
+        events = f"{self.service}-events"
+        await self._consumer(subjects.EVENTS_STREAM, events, [f"{f}.*" for f in self.families])
         self.queue.start()
-        self._loops.append(asyncio.create_task(self._fetch(events, self._on_event)))
+        await self._pull(subjects.EVENTS_STREAM, events, self._on_event)
         self._loops.append(asyncio.create_task(self._lag_forever(events)))
         if self.reconciler.watches:
+            peers = f"{self.service}-peers"
             filters = [subjects.status_filter(p) for p in self.reconciler.watches]
-            peers = await self._consumer(subjects.STATUS_STREAM, f"{self.service}-peers", filters)
-            self._loops.append(asyncio.create_task(self._fetch(peers, self._on_peer)))
+            await self._consumer(subjects.STATUS_STREAM, peers, filters)
+            await self._pull(subjects.STATUS_STREAM, peers, self._on_peer)
         self._loops.append(asyncio.create_task(self._resync_forever()))
 
     async def stop(self) -> None:
+        for puller in self._pullers:
+            await puller.stop()
         for task in self._loops:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
@@ -222,9 +223,7 @@ class Controller:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _consumer(
-        self, stream: str, durable: str, filters: list[str]
-    ) -> JetStreamContext.PullSubscription:
+    async def _consumer(self, stream: str, durable: str, filters: list[str]) -> None:
         config = api.ConsumerConfig(
             durable_name=durable,
             ack_policy=api.AckPolicy.EXPLICIT,
@@ -235,32 +234,27 @@ class Controller:
             filter_subjects=filters,
         )
         await self.js.add_consumer(stream, config)
-        return await self.js.pull_subscribe_bind(durable=durable, stream=stream)
 
-    async def _fetch(
-        self, psub: JetStreamContext.PullSubscription, handle: Callable[[Msg], Awaitable[None]]
+    async def _pull(
+        self, stream: str, durable: str, handle: Callable[[Msg], Awaitable[None]]
     ) -> None:
-        while True:
-            try:
-                msgs = await psub.fetch(FETCH_BATCH, timeout=2.0)
-            except (nats.errors.TimeoutError, TimeoutError):  # nothing to fetch: both occur
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # server restart, reconnect in progress, ...
-                log.warning("fetch failed", error=repr(exc))
-                await asyncio.sleep(0.5)
-                continue
-            for msg in msgs:
-                await self._slots.acquire()
-                task = asyncio.create_task(self._guarded(handle, msg))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+        """Run ``handle`` for each message of the consumer, in a task, at most
+        :attr:`in_flight` at once: delivery waits for a free slot."""
 
-    async def _lag_forever(self, psub: JetStreamContext.PullSubscription) -> None:
+        async def deliver(msg: Msg) -> None:
+            await self._slots.acquire()
+            task = asyncio.create_task(self._guarded(handle, msg))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        puller = Puller(self.nc, stream, durable, deliver, batch=FETCH_BATCH)
+        self._pullers.append(puller)
+        await puller.start()
+
+    async def _lag_forever(self, durable: str) -> None:
         while True:
             try:
-                info = await psub.consumer_info()
+                info = await self.js.consumer_info(subjects.EVENTS_STREAM, durable)
                 self.lag = Lag(
                     pending=info.num_pending or 0,
                     ack_pending=info.num_ack_pending or 0,
