@@ -9,8 +9,9 @@ Called by :mod:`.service`. Two durable pull consumers per service:
   rejected with an error record (and a status when the project can be named).
 * ``<service>-peers`` on ``VPCBUS_STATUS``: a peer's status change re-runs the project,
   unless the reconciler's optional ``wants_peer`` says that status cannot change its result,
-  or the project's last result is ``Pending`` waiting for another peer
-  (:attr:`~.reconciling.Result.waiting_for`) and no run of it is pending.
+  or the project's last result is ``Pending`` waiting for another peer, or for this one and
+  the status is ``Pending`` too (:attr:`~.reconciling.Result.waiting_for`), and no run of it
+  is pending.
 
 A periodic resync re-runs every known project (records and backend-owned objects), which
 repairs drift, finishes waits and garbage-collects orphans.
@@ -335,8 +336,8 @@ class Controller:
     async def _on_peer(self, msg: Msg) -> None:
         parts = msg.subject.split(".")
         if len(parts) == 5:
-            key = names.project_key(parts[3], parts[4])
-            if not self._waits_for_another(key, parts[2]) and self._peer_matters(msg):
+            key, peer = names.project_key(parts[3], parts[4]), parts[2]
+            if not self._waits_for_another(key, peer) and self._peer_matters(key, peer, msg):
                 self.queue.add(key)
         await msg.ack()
 
@@ -346,12 +347,19 @@ class Controller:
         waiting = self._waiting.get(key)
         return waiting is not None and waiting != peer and not self.queue.pending(key)
 
-    def _peer_matters(self, msg: Msg) -> bool:
-        """False only when the reconciler says this peer status cannot change its result."""
-        if self._wants_peer is None or not msg.data:
+    def _peer_matters(self, key: str, peer: str, msg: Msg) -> bool:
+        """False when the status cannot change the project's result: the reconciler says so
+        (``wants_peer``), or the project waits for this peer (and no run of it is queued or
+        running) and the status is ``Pending`` (:attr:`~.reconciling.Result.waiting_for`)."""
+        waits = self._waiting.get(key) == peer and not self.queue.pending(key)
+        if (self._wants_peer is None and not waits) or not msg.data:
             return True
         status = parse_status(msg.subject, msg.data)
-        return status is None or self._wants_peer(status)  # a bad one: the reconcile reads it
+        if status is None:
+            return True  # a bad one: the reconcile reads it and says so
+        if waits and status.state == "Pending":
+            return False
+        return self._wants_peer is None or self._wants_peer(status)
 
     async def _on_event(self, msg: Msg) -> None:
         meta = msg.metadata

@@ -58,10 +58,12 @@ class Result:
     members: Sequence[MemberStatus] = field(default_factory=tuple)
     #: How the project's workloads resolve names (DNS only).
     resolver: Resolver | None = None
-    #: The one peer a ``Pending`` result waits for. Until the project's next reconcile the
-    #: controller does not run it for the other peers' status changes: they cannot unblock
-    #: it (the named peer's next status, an own event or the resync run it again). A bench
-    #: burst ran NAT and DNS ~2 times per project for statuses that changed nothing.
+    #: The one peer a ``Pending`` result waits for, to be Ready. Until the project's next
+    #: reconcile the controller does not run it for the other peers' status changes, nor for
+    #: this peer's ``Pending`` ones: they cannot change the result (the named peer's next
+    #: other status, an own event or the resync run it again). A bench burst ran NAT and DNS
+    #: ~2 times per project for statuses that changed nothing. Set it only when a ``Pending``
+    #: status of the peer would give this same result (see :func:`waiting_for_peer`).
     waiting_for: ServiceName | None = None
 
 
@@ -71,11 +73,19 @@ def ready_at(status: ServiceStatus | None, generation: int) -> TypeGuard[Service
 
 
 def waiting_for_peer(peer: ServiceName, status: ServiceStatus | None) -> Result:
-    """``Pending WaitingFor<Peer>``, saying what ``peer`` reports, and waiting for it alone
-    (:attr:`Result.waiting_for`)."""
-    detail = f"{status.state} {status.reason}" if status else "no status yet"
-    return Result("Pending", f"WaitingFor{peer.capitalize()}", f"{peer}: {detail}",
-                  waiting_for=peer)  # fmt: skip
+    """``Pending WaitingFor<Peer>`` while ``peer`` is not Ready at the project's generation.
+
+    Nothing yet, ``Pending`` (whatever its reason) and Ready at another generation all read
+    "not Ready yet", and wait for the peer alone (:attr:`Result.waiting_for`): its next
+    ``Pending`` status would give the same result, so it does not run the project again (in a
+    burst VPC reports Pending before Ready; NAT and DNS ran once more per project for it). Its
+    own status says why the peer is not Ready. An ``Error`` or ``Deleted`` peer is named with
+    its reason, and any status of it runs the project again (it may be on its way back)."""
+    if status is None or status.state in ("Pending", "Ready"):
+        return Result("Pending", f"WaitingFor{peer.capitalize()}", f"{peer}: not Ready yet",
+                      waiting_for=peer)  # fmt: skip
+    return Result("Pending", f"WaitingFor{peer.capitalize()}",
+                  f"{peer}: {status.state} {status.reason}")  # fmt: skip
 
 
 class Reconciler(Protocol):

@@ -102,10 +102,10 @@ async def test_a_resync_skips_what_converged_in_the_last_half_period(
     assert reconciler.runs["rs.p1"] == before["rs.p1"] + 1
 
 
-def peer_status(service: str, project: str) -> bytes:
+def peer_status(service: str, project: str, state: str = "Ready") -> bytes:
     return json.dumps({
         "service": service, "organization": "rs", "project": project,
-        "namespace": f"rs-{project}", "generation": 1, "state": "Ready",
+        "namespace": f"rs-{project}", "generation": 1, "state": state,
         "reason": "Reconciled", "observedAt": "2026-12-05T00:00:00Z",
     }).encode()  # fmt: skip
 
@@ -126,6 +126,28 @@ async def test_a_project_waiting_for_one_peer_does_not_run_for_the_others(
     assert reconciler.runs["rs.wait-a"] == 1
     await client.js.publish("vpcbus.status.vpc.rs.wait-a", peer_status("vpc", "wait-a"))
     assert await helpers.eventually(lambda: ran(2), timeout=15)
+
+
+async def test_a_project_waiting_for_a_peer_does_not_run_for_its_pending_statuses(
+    controller: tuple[Controller, Counting], client: Client
+) -> None:
+    """Only a status other than Pending can change a wait for the peer to be Ready."""
+    ctl, reconciler = controller
+    await client.upsert(helpers.spec("rs", "wait-b"))
+    assert await helpers.eventually(lambda: ran(reconciler, "rs.wait-b", 1), timeout=15)
+    await ctl.queue.drained()
+    subject = "vpcbus.status.vpc.rs.wait-b"
+    await client.js.publish(subject, peer_status("vpc", "wait-b", "Pending"))
+    await asyncio.sleep(0.5)  # delivered and handled
+    assert reconciler.runs["rs.wait-b"] == 1
+    await client.js.publish(subject, peer_status("vpc", "wait-b", "Error"))
+    assert await helpers.eventually(lambda: ran(reconciler, "rs.wait-b", 2), timeout=15)
+    await ctl.queue.drained()
+    await client.js.publish(subject, peer_status("vpc", "wait-b", "Pending"))
+    await asyncio.sleep(0.5)
+    assert reconciler.runs["rs.wait-b"] == 2
+    await client.js.publish(subject, peer_status("vpc", "wait-b", "Ready"))
+    assert await helpers.eventually(lambda: ran(reconciler, "rs.wait-b", 3), timeout=15)
 
 
 async def test_a_peer_status_of_an_unknown_project_runs_nothing_until_it_owns_something(

@@ -55,16 +55,25 @@ async def test_nothing_reported_waits_for_vpc_without_reading_ipam() -> None:
     result = await ready(peers)
     assert isinstance(result, Result)
     assert (result.state, result.reason, result.waiting_for) == ("Pending", "WaitingForVpc", "vpc")
-    assert result.message == "vpc: no status yet"
+    assert result.message == "vpc: not Ready yet"
     assert peers.asked == ["vpc"]
 
 
-async def test_vpc_pending_or_of_an_older_generation_is_waited_for() -> None:
-    for vpc in (status("vpc", state="Pending"), status("vpc", generation=1)):
-        peers = Peers(vpc=vpc, ipam=status("ipam", 2, facts=facts()))
+async def test_vpc_pending_or_of_an_older_generation_is_waited_for_alike() -> None:
+    """One result for all three: a Pending status of VPC need not run NAT again."""
+    for vpc in (None, status("vpc", state="Pending"), status("vpc", generation=1)):
+        peers = Peers(**({"vpc": vpc} if vpc else {}), ipam=status("ipam", 2, facts=facts()))
         result = await ready(peers, generation=2)
-        assert isinstance(result, Result) and result.waiting_for == "vpc"
+        assert result == Result("Pending", "WaitingForVpc", "vpc: not Ready yet",
+                                waiting_for="vpc")  # fmt: skip
         assert peers.asked == ["vpc"]
+
+
+async def test_vpc_in_error_or_deleted_is_named_and_not_waited_for_alone() -> None:
+    """Any status of it runs NAT again: a Pending one means it is on its way back."""
+    for state in ("Error", "Deleted"):
+        result = await ready(Peers(vpc=status("vpc", state=state)))
+        assert result == Result("Pending", "WaitingForVpc", f"vpc: {state} x")
 
 
 async def test_vpc_ready_and_ipam_not_waits_for_ipam() -> None:
