@@ -77,12 +77,19 @@ async def test_vpc_in_error_or_deleted_is_named_and_not_waited_for_alone() -> No
 
 
 async def test_vpc_ready_and_ipam_not_waits_for_ipam() -> None:
-    for ipam in (None, status("ipam", state="Pending"), status("ipam", facts=facts(gateway=False))):
+    for ipam in (None, status("ipam", state="Pending")):
         peers = Peers(vpc=status("vpc"), **({"ipam": ipam} if ipam else {}))
         result = await ready(peers)
         assert isinstance(result, Result)
         assert (result.reason, result.waiting_for) == ("WaitingForIpam", "ipam")
         assert peers.asked == ["vpc", "ipam"]
+
+
+async def test_ipam_ready_without_the_gateway_eip_is_not_waited_for_alone() -> None:
+    """An IPAM Pending status would change this message: every IPAM status runs NAT."""
+    peers = Peers(vpc=status("vpc"), ipam=status("ipam", facts=facts(gateway=False)))
+    result = await ready(peers)
+    assert result == Result("Pending", "WaitingForIpam", "ipam reports no default-gw EIP")
 
 
 async def test_both_ready_give_ipam_and_the_gateway_eip() -> None:

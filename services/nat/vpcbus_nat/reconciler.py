@@ -71,6 +71,6 @@ async def peers_ready(
         return waiting_for_peer("ipam", ipam)
     gw = ipam.addresses.eip(GATEWAY_EIP) if ipam.addresses else None
     if gw is None:
-        return Result("Pending", "WaitingForIpam", "ipam reports no default-gw EIP",
-                      waiting_for="ipam")  # fmt: skip
+        # Not ``waiting_for``: an IPAM Pending status would change this message.
+        return Result("Pending", "WaitingForIpam", "ipam reports no default-gw EIP")
     return ipam, gw
