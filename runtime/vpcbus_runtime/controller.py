@@ -337,27 +337,27 @@ class Controller:
         parts = msg.subject.split(".")
         if len(parts) == 5:
             key, peer = names.project_key(parts[3], parts[4]), parts[2]
-            if not self._waits_for_another(key, peer) and self._peer_matters(key, peer, msg):
+            if self._peer_matters(key, peer, msg):
                 self.queue.add(key)
         await msg.ack()
 
-    def _waits_for_another(self, key: str, peer: str) -> bool:
-        """The project's last result waits for another peer than ``peer``, and no run of it
-        is queued or running (a running one may have read ``peer``'s older status)."""
-        waiting = self._waiting.get(key)
-        return waiting is not None and waiting != peer and not self.queue.pending(key)
-
     def _peer_matters(self, key: str, peer: str, msg: Msg) -> bool:
-        """False when the status cannot change the project's result: the reconciler says so
-        (``wants_peer``), or the project waits for this peer (and no run of it is queued or
-        running) and the status is ``Pending`` (:attr:`~.reconciling.Result.waiting_for`)."""
-        waits = self._waiting.get(key) == peer and not self.queue.pending(key)
-        if (self._wants_peer is None and not waits) or not msg.data:
+        """False when the status cannot change the project's result: the project's last
+        result waits for another peer, or for this one and the status is ``Pending``
+        (:attr:`~.reconciling.Result.waiting_for`), and no run of it is queued or running (a
+        running one may have read ``peer``'s older status); or the reconciler says so
+        (``wants_peer``)."""
+        waiting = self._waiting.get(key)
+        if waiting is not None and self.queue.pending(key):
+            waiting = None
+        if waiting is not None and waiting != peer:
+            return False
+        if (self._wants_peer is None and waiting is None) or not msg.data:
             return True
         status = parse_status(msg.subject, msg.data)
         if status is None:
             return True  # a bad one: the reconcile reads it and says so
-        if waits and status.state == "Pending":
+        if waiting is not None and status.state == "Pending":
             return False
         return self._wants_peer is None or self._wants_peer(status)
 
