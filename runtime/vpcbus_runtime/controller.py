@@ -13,6 +13,10 @@ Called by :mod:`.service`. Two durable pull consumers per service:
   the status is ``Pending`` too (:attr:`~.reconciling.Result.waiting_for`), and no run of it
   is pending.
 
+A new project's first run waits until the peer its build needs has reported on it
+(:class:`~.reconciling.FirstBuild`), while that peer keeps reporting, instead of reporting
+``Pending`` at once and running again for the peer's status.
+
 A periodic resync re-runs every known project (records and backend-owned objects), which
 repairs drift, finishes waits and garbage-collects orphans.
 """
@@ -86,6 +90,9 @@ LAG_EVERY = 5.0
 #: 6.3 s with the resync at once, 3.9 s with it 5 s later; with 5,000 in place, 18.9 s with
 #: it 5 s later, 13.8 s with it 15 s later (bench/).
 STARTUP_RESYNC_DELAY = 15.0
+#: The longest a new project's first run waits for the peer it builds on, however busy that
+#: peer is (:meth:`Controller._first_wait`).
+FIRST_WAIT_CAP = 10.0
 
 
 @dataclass(frozen=True)
@@ -135,6 +142,17 @@ def figures(
     return data
 
 
+@dataclass(frozen=True)
+class _Hold:
+    since: float  # the loop's clock
+    future: asyncio.Future[None]
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 def backoff(attempt: int) -> float:
     return float(min(0.5 * 2 ** max(attempt - 1, 0), MAX_BACKOFF))
 
@@ -167,6 +185,15 @@ class Controller:
         self._wants_peer: Callable[[ServiceStatus], bool] | None = getattr(
             reconciler, "wants_peer", None
         )
+        #: Optional ``builds_on`` of the reconciler: see :class:`~.reconciling.FirstBuild`.
+        self._builds_on: ServiceName | None = getattr(reconciler, "builds_on", None)
+        #: New projects whose first run waits for ``builds_on``'s status: ends the wait.
+        self._holds: dict[str, _Hold] = {}
+        self._builds_on_heard_at = 0.0  # the loop's clock
+        self._releaser: asyncio.Task[None] | None = None
+        #: Projects with no published status here whose ``builds_on`` peer has reported:
+        #: their first run need not wait.
+        self._heard: set[str] = set()
         #: Optional ``pace`` of the reconciler: see :class:`~vpcbus_runtime.workqueue.WorkQueue`.
         pace = float(getattr(reconciler, "pace", 0.0))
         self.queue: WorkQueue[Outcome] = WorkQueue(
@@ -216,9 +243,10 @@ class Controller:
     async def stop(self) -> None:
         for puller in self._pullers:
             await puller.stop()
-        for task in self._loops:
+        loops = [*self._loops, *([self._releaser] if self._releaser is not None else [])]
+        for task in loops:
             task.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
+        await asyncio.gather(*loops, return_exceptions=True)
         await self.queue.stop()
         for task in list(self._tasks):
             task.cancel()
@@ -323,8 +351,8 @@ class Controller:
         keys = await self.known_keys()
         queued = 0
         for key in keys:
-            if self._converged_at.get(key, fresh - 1.0) >= fresh:
-                continue
+            if self._converged_at.get(key, fresh - 1.0) >= fresh or key in self._holds:
+                continue  # a held event runs the project next (:meth:`_first_wait`)
             self.queue.add(key, background=True)  # events and peers go first
             queued += 1
         self._converged_at = {k: t for k, t in self._converged_at.items() if k in keys}
@@ -337,9 +365,48 @@ class Controller:
         parts = msg.subject.split(".")
         if len(parts) == 5:
             key, peer = names.project_key(parts[3], parts[4]), parts[2]
-            if self._peer_matters(key, peer, msg):
-                self.queue.add(key)
+            if peer == self._builds_on:
+                self._builds_on_heard_at = asyncio.get_running_loop().time()
+            hold = self._holds.get(key)
+            if hold is not None:  # the held event runs the project: no other run
+                if peer == self._builds_on:
+                    _settle(hold.future)
+            else:
+                if peer == self._builds_on and not self.statuses.published(key):
+                    self._heard.add(key)
+                if self._peer_matters(key, peer, msg):
+                    self.queue.add(key)
         await msg.ack()
+
+    async def _first_wait(self, key: str) -> None:
+        """A new project's first run waits for the peer it builds on to report on it (see
+        :class:`~.reconciling.FirstBuild`): until then its result could only be ``Pending``
+        waiting for that peer. The wait ends early when the peer has said nothing about any
+        project for ``first_wait_seconds`` (it is down or stuck: report Pending now), and
+        after :data:`FIRST_WAIT_CAP` in any case."""
+        if key in self._heard or key in self._holds:
+            self._heard.discard(key)
+            return
+        loop = asyncio.get_running_loop()
+        hold: asyncio.Future[None] = loop.create_future()
+        self._holds[key] = _Hold(loop.time(), hold)
+        if self._releaser is None or self._releaser.done():
+            self._releaser = asyncio.create_task(self._release_holds())
+        try:
+            await hold
+        finally:
+            del self._holds[key]
+
+    async def _release_holds(self) -> None:
+        """Ends the first waits that have waited long enough, while any is held."""
+        quiet = self.settings.first_wait_seconds
+        while self._holds:
+            await asyncio.sleep(min(quiet / 4, FIRST_WAIT_CAP / 4))
+            now = asyncio.get_running_loop().time()
+            for hold in self._holds.values():
+                since = max(hold.since, self._builds_on_heard_at)
+                if now - since >= quiet or now - hold.since >= FIRST_WAIT_CAP:
+                    _settle(hold.future)
 
     def _peer_matters(self, key: str, peer: str, msg: Msg) -> bool:
         """False when the status cannot change the project's result: the project's last
@@ -393,6 +460,8 @@ class Controller:
         new = record is not None and not record.deleted and record.previous_spec is None
         if fold is Fold.APPLIED and new:  # no record before, or a tombstone
             self.statuses.created(key)
+            if self._builds_on is not None and self.settings.first_wait_seconds > 0:
+                await self._first_wait(key)
         if fold is Fold.STALE:
             self.counters.stale += 1
             log.info("stale event ignored")
@@ -638,6 +707,7 @@ class Controller:
             if self.members is not None:
                 await self.members.forget_project(key)
             await self.statuses.purge(org, project)
+            self._heard.discard(key)
             log.info("project forgotten", project=key)
 
     async def _forget_members(

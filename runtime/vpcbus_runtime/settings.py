@@ -47,6 +47,12 @@ class Settings:
     #: reconciles share): bench/ burst 1000 on 2 cores took 10.2 s with 16, 9.4 with 32,
     #: 8.3-8.6 with 64, 8.1 with 128.
     workers: int = field(default_factory=lambda: _int("VPCBUS_WORKERS", 64))
+    #: A new project's first run waits for the peer its build needs to report on it
+    #: (``builds_on``, see :class:`~vpcbus_runtime.reconciling.FirstBuild`) while that peer
+    #: reports on some project at least this often; 0: no wait.
+    first_wait_seconds: float = field(
+        default_factory=lambda: _float("VPCBUS_FIRST_WAIT_SECONDS", 1.0)
+    )
     log_format: str = field(default_factory=lambda: os.environ.get("VPCBUS_LOG_FORMAT", "json"))
     log_level: str = field(default_factory=lambda: os.environ.get("VPCBUS_LOG_LEVEL", "info"))
     instance: str = field(

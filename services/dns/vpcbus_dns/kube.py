@@ -76,6 +76,7 @@ def core_differs(stored: Object, want: Object) -> bool:
 
 
 class KubeDnsReconciler:
+    builds_on: ServiceName = "vpc"
     watches: Sequence[ServiceName] = ("ipam", "vpc")
     purge_after: Sequence[ServiceName] = ("vpc",)
 

@@ -58,6 +58,7 @@ async def peers_ready(ctx: Context, generation: int) -> AddressFacts | Result:
 
 
 class DnsReconciler:
+    builds_on: ServiceName = "vpc"
     watches: Sequence[ServiceName] = ("ipam", "vpc")
     purge_after: Sequence[ServiceName] = ("vpc",)
 

@@ -56,6 +56,7 @@ def not_ready(obj: Object) -> str | None:
 
 
 class KubeNatReconciler:
+    builds_on: ServiceName = "vpc"
     watches: Sequence[ServiceName] = ("ipam", "vpc")
     purge_after: Sequence[ServiceName] = ("vpc",)
 

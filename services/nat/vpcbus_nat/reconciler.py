@@ -16,6 +16,7 @@ GATEWAY_EIP = "default-gw"
 
 
 class NatReconciler:
+    builds_on: ServiceName = "vpc"
     watches: Sequence[ServiceName] = ("ipam", "vpc")
     purge_after: Sequence[ServiceName] = ("vpc",)
 

@@ -66,6 +66,7 @@ def not_ready(obj: Object) -> str | None:
 
 
 class KubeVpcReconciler:
+    builds_on: ServiceName = "ipam"
     watches: Sequence[ServiceName] = ("ipam", "nat", "dns")
     purge_after: Sequence[ServiceName] = ("ipam",)
 

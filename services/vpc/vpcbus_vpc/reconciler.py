@@ -29,6 +29,7 @@ def log_removed(removed: list[str]) -> None:
 
 
 class VpcReconciler:
+    builds_on: ServiceName = "ipam"
     watches: Sequence[ServiceName] = ("ipam", "nat", "dns")
     purge_after: Sequence[ServiceName] = ("ipam",)
 
