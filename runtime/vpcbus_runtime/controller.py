@@ -231,13 +231,13 @@ class Controller:
         events = f"{self.service}-events"
         await self._consumer(subjects.EVENTS_STREAM, events, [f"{f}.*" for f in self.families])
         self.queue.start()
-        await self._pull(subjects.EVENTS_STREAM, events, self._on_event)
+        await self._pull(subjects.EVENTS_STREAM, events, self._on_event, self._slots)
         self._loops.append(asyncio.create_task(self._lag_forever(events)))
         if self.reconciler.watches:
             peers = f"{self.service}-peers"
             filters = [subjects.status_filter(p) for p in self.reconciler.watches]
             await self._consumer(subjects.STATUS_STREAM, peers, filters)
-            await self._pull(subjects.STATUS_STREAM, peers, self._on_peer)
+            await self._pull(subjects.STATUS_STREAM, peers, self._on_peer, None)
         self._loops.append(asyncio.create_task(self._resync_forever()))
 
     async def stop(self) -> None:
@@ -265,16 +265,30 @@ class Controller:
         await self.js.add_consumer(stream, config)
 
     async def _pull(
-        self, stream: str, durable: str, handle: Callable[[Msg], Awaitable[None]]
+        self,
+        stream: str,
+        durable: str,
+        handle: Callable[[Msg], Awaitable[None]],
+        slots: asyncio.Semaphore | None,
     ) -> None:
-        """Run ``handle`` for each message of the consumer, in a task, at most
-        :attr:`in_flight` at once: delivery waits for a free slot."""
+        """Run ``handle`` for each message of the consumer. With ``slots``, each in a task, at
+        most that many at once: delivery waits for a free slot. Without, one at a time and in
+        order, for a handler that never waits for a run (peer statuses). Peer statuses once
+        took slots of the events: in a burst, events waiting for their runs held all of them,
+        and the statuses that would have let those runs go waited behind them (bench/)."""
 
-        async def deliver(msg: Msg) -> None:
-            await self._slots.acquire()
-            task = asyncio.create_task(self._guarded(handle, msg))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        if slots is None:
+
+            async def deliver(msg: Msg) -> None:
+                await self._guarded(handle, msg, None)
+
+        else:
+
+            async def deliver(msg: Msg) -> None:
+                await slots.acquire()
+                task = asyncio.create_task(self._guarded(handle, msg, slots))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
 
         puller = Puller(self.nc, stream, durable, deliver, batch=FETCH_BATCH)
         self._pullers.append(puller)
@@ -303,7 +317,12 @@ class Controller:
             latencies=list(self.latencies), lag=self.lag,
         )  # fmt: skip
 
-    async def _guarded(self, handle: Callable[[Msg], Awaitable[None]], msg: Msg) -> None:
+    async def _guarded(
+        self,
+        handle: Callable[[Msg], Awaitable[None]],
+        msg: Msg,
+        slots: asyncio.Semaphore | None,
+    ) -> None:
         try:
             await handle(msg)
         except asyncio.CancelledError:
@@ -315,7 +334,8 @@ class Controller:
             except Exception as nak_exc:
                 log.warning("nak failed", error=repr(nak_exc))
         finally:
-            self._slots.release()
+            if slots is not None:
+                slots.release()
 
     async def _resync_forever(self) -> None:
         """Resync, wait until that work is done, rest one period, again. The period counts

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -54,8 +55,9 @@ class BuildsOnVpc:
         return Result("Ready", "Reconciled")
 
 
-#: Starts the controller with the given ``first_wait_seconds``.
-Start = Callable[[float], Awaitable[tuple[Controller, BuildsOnVpc]]]
+#: Starts the controller with the given ``first_wait_seconds`` (and events in flight, which
+#: makes it another service: the consumer's ``max_ack_pending`` changes).
+Start = Callable[..., Awaitable[tuple[Controller, BuildsOnVpc]]]
 
 
 @pytest.fixture
@@ -66,12 +68,18 @@ async def start(nats_server: NatsServer) -> AsyncIterator[Start]:
     kv = await bus.ensure_bucket(js, subjects.kv_bucket("dns"))
     started: list[Controller] = []
 
-    async def run(first_wait: float) -> tuple[Controller, BuildsOnVpc]:
+    async def run(
+        first_wait: float, in_flight: int | None = None
+    ) -> tuple[Controller, BuildsOnVpc]:
         reconciler = BuildsOnVpc()
+        service: ServiceName = "dns"
+        if in_flight is not None:
+            reconciler.in_flight = in_flight  # type: ignore[attr-defined]
+            service = "nat"
         settings = dataclasses.replace(
             Settings(), resync_seconds=3600.0, first_wait_seconds=first_wait
         )
-        ctl = Controller("dns", reconciler, nc, js, RecordStore(kv), settings)
+        ctl = Controller(service, reconciler, nc, js, RecordStore(kv), settings)
         await ctl.start()
         started.append(ctl)
         return ctl, reconciler
@@ -96,13 +104,13 @@ async def report(client: Client, service: str, project: str, state: str = "Ready
     )
 
 
-async def own_state(client: Client, project: str) -> str | None:
-    got = await client.status("dns", "fw", project)
+async def own_state(client: Client, project: str, service: ServiceName = "dns") -> str | None:
+    got = await client.status(service, "fw", project)
     return got.state if got is not None else None
 
 
-async def state_is(client: Client, project: str, want: str) -> bool:
-    return await own_state(client, project) == want
+async def state_is(client: Client, project: str, want: str, service: ServiceName = "dns") -> bool:
+    return await own_state(client, project, service) == want
 
 
 async def test_the_first_run_waits_for_the_peer_and_runs_once(start: Start, client: Client) -> None:
@@ -161,3 +169,26 @@ async def test_the_wait_ends_at_the_cap_however_busy_the_peer(
     await client.upsert(helpers.spec("fw", "d"), generation=1)
     assert await helpers.eventually(lambda: state_is(client, "d", "Pending"), timeout=15)
     assert reconciler.runs["fw.d"] == 1
+
+
+async def test_waiting_events_do_not_hold_back_the_statuses_that_end_their_waits(
+    start: Start, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every event slot taken by a waiting project: VPC's statuses still come through."""
+    monkeypatch.setattr(controller, "FIRST_WAIT_CAP", 60.0)
+    for stream in (subjects.EVENTS_STREAM, subjects.STATUS_STREAM):
+        await client.js.purge_stream(stream)  # a new consumer replays only this test's
+    _, reconciler = await start(30.0, in_flight=3)
+    projects = [f"full-{i}" for i in range(5)]
+    for name in projects:
+        await client.upsert(helpers.spec("fw", name), generation=1)
+    await asyncio.sleep(0.5)  # the first three wait, the other two wait for a slot
+    assert sum(reconciler.runs.values()) == 0
+    for name in projects:
+        await report(client, "vpc", name)
+    for name in projects:
+        ready = await helpers.eventually(
+            functools.partial(state_is, client, name, "Ready", "nat"), timeout=15
+        )
+        assert ready, name
+    assert all(reconciler.runs[f"fw.{name}"] == 1 for name in projects)
