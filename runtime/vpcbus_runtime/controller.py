@@ -93,6 +93,9 @@ STARTUP_RESYNC_DELAY = 15.0
 #: The longest a new project's first run waits for the peer it builds on, however busy that
 #: peer is (:meth:`Controller._first_wait`).
 FIRST_WAIT_CAP = 10.0
+#: A first wait this old reads the peer's status from the stream, once: with replicas of
+#: this service, the status that ends it may have been delivered to another replica.
+FIRST_WAIT_LOOKUP = 1.0
 
 
 @dataclass(frozen=True)
@@ -142,10 +145,11 @@ def figures(
     return data
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Hold:
     since: float  # the loop's clock
     future: asyncio.Future[None]
+    looked_up: bool = False  # the peer's status read from the stream once
 
 
 def _settle(future: asyncio.Future[None]) -> None:
@@ -401,32 +405,50 @@ class Controller:
     async def _first_wait(self, key: str) -> None:
         """A new project's first run waits for the peer it builds on to report on it (see
         :class:`~.reconciling.FirstBuild`): until then its result could only be ``Pending``
-        waiting for that peer. The wait ends early when the peer has said nothing about any
-        project for ``first_wait_seconds`` (it is down or stuck: report Pending now), and
-        after :data:`FIRST_WAIT_CAP` in any case."""
+        waiting for that peer. The wait ends when that status is delivered here, or found in
+        the stream after :data:`FIRST_WAIT_LOOKUP` (another replica of this service took it);
+        early when the peer has said nothing about any project for ``first_wait_seconds``
+        (it is down or stuck: report Pending now); and after :data:`FIRST_WAIT_CAP` in any
+        case."""
         if key in self._heard or key in self._holds:
             self._heard.discard(key)
             return
         loop = asyncio.get_running_loop()
-        hold: asyncio.Future[None] = loop.create_future()
-        self._holds[key] = _Hold(loop.time(), hold)
+        hold = self._holds[key] = _Hold(loop.time(), loop.create_future())
         if self._releaser is None or self._releaser.done():
             self._releaser = asyncio.create_task(self._release_holds())
         try:
-            await hold
+            await hold.future
         finally:
             del self._holds[key]
 
     async def _release_holds(self) -> None:
         """Ends the first waits that have waited long enough, while any is held."""
         quiet = self.settings.first_wait_seconds
+        tick = min(quiet, FIRST_WAIT_LOOKUP, FIRST_WAIT_CAP) / 4
         while self._holds:
-            await asyncio.sleep(min(quiet / 4, FIRST_WAIT_CAP / 4))
+            await asyncio.sleep(tick)
             now = asyncio.get_running_loop().time()
-            for hold in self._holds.values():
+            lookups = []
+            for key, hold in self._holds.items():
                 since = max(hold.since, self._builds_on_heard_at)
                 if now - since >= quiet or now - hold.since >= FIRST_WAIT_CAP:
                     _settle(hold.future)
+                elif not hold.looked_up and now - hold.since >= FIRST_WAIT_LOOKUP:
+                    hold.looked_up = True
+                    lookups.append(self._look_up(key, hold))
+            await asyncio.gather(*lookups)
+
+    async def _look_up(self, key: str, hold: _Hold) -> None:
+        assert self._builds_on is not None
+        org, project = names.split_key(key)
+        try:
+            found = await self.peers.status(self._builds_on, org, project)
+        except Exception as exc:  # a reconnect in progress: the other rules still apply
+            log.debug("first wait lookup failed", project=key, error=repr(exc))
+            return
+        if found is not None:
+            _settle(hold.future)
 
     def _peer_matters(self, key: str, peer: str, msg: Msg) -> bool:
         """False when the status cannot change the project's result: the project's last
