@@ -1,7 +1,9 @@
 """A new project's first run waits for the peer its build needs (``builds_on``), against a
 real nats-server: it runs once that peer reports on it, not for the other peers' statuses
-meanwhile; not at all when the peer reported first; and on its own, reporting ``Pending``,
-once the peer has been quiet for ``first_wait_seconds`` or the cap is reached."""
+meanwhile; not at all when the peer reported first; when the status went to another replica
+and is in the stream; and on its own, reporting ``Pending``, once the peer has been quiet for
+``first_wait_seconds`` or the cap is reached. Peer statuses come through while waiting
+events hold every event slot."""
 
 from __future__ import annotations
 
