@@ -557,11 +557,12 @@ async def phase_burst(
     stats_after = await all_stats(client.nc)
     lat = tracker.latencies_ms(keys)
     total = end - start
-    reconciles = {}
+    reconciles, unknown = {}, {}
     for svc in commands.SERVICES:
         a, b = stats_after.get(svc), stats_before.get(svc)
         if a is not None and b is not None:
             reconciles[svc] = round((a["reconciles"] - b["reconciles"]) / n, 2)
+            unknown[svc] = round((a["unknown_projects"] - b["unknown_projects"]) / n, 2)
     result: dict[str, Any] = {
         "n": n,
         "complete": complete,
@@ -575,6 +576,8 @@ async def phase_burst(
         "memory_kib": stack.memory(),
         "cpu_seconds": cpu_delta(cpu_before, cpu_after),
         "reconciles_per_project": reconciles,
+        # peer statuses that came before the service's own event: no reconcile
+        "unknown_per_project": unknown,
         "nb_rows": {t: stack.nb_count(t) for t in ("Logical_Router", "NAT", "DNS")},
     }
     if not complete:
@@ -1129,6 +1132,8 @@ def summarise(runs: list[dict[str, Any]], sizes: list[int]) -> dict[str, Any]:
             add(f"burst {n}: RSS {svc}", [v / 1024 for v in rss if v is not None], "MiB")
             add(f"burst {n}: reconciles/project {svc}",
                 [get(r, "burst", k, "reconciles_per_project", svc) for r in runs], "")  # fmt: skip
+            add(f"burst {n}: no-record peer statuses/project {svc}",
+                [get(r, "burst", k, "unknown_per_project", svc) for r in runs], "")  # fmt: skip
         add(f"delete {n}: all Deleted", [get(r, "delete", k, "seconds") for r in runs], "s")
         add(f"delete {n}: rate", [get(r, "delete", k, "rate") for r in runs], "projects/s")
         add(f"delete {n}: p99", [get(r, "delete", k, "p99_ms") for r in runs], "ms")

@@ -218,6 +218,10 @@ SCHEMAS["ServiceFigures"] = _object(
         "dead_letters": _count("Events dead-lettered after too many failed deliveries."),
         "redelivered": _count("Events this process got more than once."),
         "reconciles": _count("Reconcile runs."),
+        "unknown_projects": _count(
+            "Peer statuses of projects this process has no record, members or backend objects"
+            " of (their own event not taken yet): answered without a reconcile."
+        ),
         "reconcile_errors": _count("Runs that ended in an Error status."),
         "reconcile_seconds": {"type": "number", "minimum": 0, "description": "Time in runs."},
         "last_error": _string("`<project>: <reason>: <message>` of the last failed run."),

@@ -157,11 +157,11 @@ async def test_a_peer_status_of_an_unknown_project_runs_nothing_until_it_owns_so
     status = {"service": "ipam", "organization": "rs", "project": "ghost",
               "namespace": "rs-ghost", "generation": 1, "state": "Ready",
               "reason": "Reconciled", "observedAt": "2026-12-05T00:00:00Z"}  # fmt: skip
-    before = ctl.counters.reconciles
+    before = ctl.counters.unknown_projects
     await client.js.publish("vpcbus.status.ipam.rs.ghost", json.dumps(status).encode())
 
     async def handled() -> bool:
-        return ctl.counters.reconciles > before
+        return ctl.counters.unknown_projects > before
 
     assert await helpers.eventually(handled, timeout=15)
     assert reconciler.runs["rs.ghost"] == 0  # no record, no members, nothing owned
