@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from tests.conftest import SERVICE_ENV
 from vpcbus.client import Client, Statuses, deleted_at, ready_at
@@ -85,6 +86,16 @@ async def kv_keys(client: Client) -> dict[str, list[str]]:
             except Exception:  # NoKeysError / BucketNotFoundError: nothing in it
                 out.setdefault(bucket, [])
     return out
+
+
+async def service_figures(client: Client, service: str) -> dict[str, Any]:
+    """The figures a service's status endpoint reports in ``$SRV.STATS`` (ServiceFigures)."""
+    reply = await client.nc.request(f"$SRV.STATS.vpcbus-{service}", b"", timeout=2.0)
+    body = json.loads(reply.data)
+    assert body["type"] == "io.nats.micro.v1.stats_response"
+    (endpoint,) = [e for e in body["endpoints"] if e["name"] == "status"]
+    data: dict[str, Any] = endpoint["data"]
+    return data
 
 
 async def eventually(

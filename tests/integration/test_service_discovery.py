@@ -22,16 +22,6 @@ pytestmark = [pytest.mark.connected]
 SERVICES = ("ipam", "vpc", "nat", "dns")
 
 
-async def stats_of(client: Client, service: str) -> dict[str, Any]:
-    reply = await client.nc.request(f"$SRV.STATS.vpcbus-{service}", b"", timeout=2.0)
-    body = json.loads(reply.data)
-    assert body["type"] == "io.nats.micro.v1.stats_response"
-    # the status endpoint carries the service's figures
-    (endpoint,) = [e for e in body["endpoints"] if e["name"] == "status"]
-    data: dict[str, Any] = endpoint["data"]
-    return data
-
-
 async def test_every_service_answers_ping_and_info_with_its_status_endpoint(
     services: ServiceProcs, client: Client
 ) -> None:
@@ -47,11 +37,11 @@ async def test_every_service_answers_ping_and_info_with_its_status_endpoint(
 async def test_stats_count_events_reconciles_latency_and_consumer_lag(
     services: ServiceProcs, client: Client
 ) -> None:
-    before = {s: await stats_of(client, s) for s in SERVICES}
+    before = {s: await helpers.service_figures(client, s) for s in SERVICES}
     await helpers.create_ready(client, helpers.spec("disc", "stats"))
 
     for service in SERVICES:
-        after = await stats_of(client, service)
+        after = await helpers.service_figures(client, service)
         assert after["events"] >= before[service]["events"] + 1, service
         assert after["reconciles"] >= before[service]["reconciles"] + 1, service
         latency = after["reconcile_ms"]
@@ -61,7 +51,7 @@ async def test_stats_count_events_reconciles_latency_and_consumer_lag(
     handled = datetime.now(UTC)
 
     async def caught_up() -> bool:  # the lag is read from the server every few seconds
-        consumer = (await stats_of(client, "ipam"))["consumer"]
+        consumer = (await helpers.service_figures(client, "ipam"))["consumer"]
         return (
             consumer is not None
             and datetime.fromisoformat(consumer["at"]) > handled  # read after the events
