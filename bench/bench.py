@@ -21,7 +21,8 @@ and the four services as processes (``service_argv``, env ``NATS_URL`` / ``OVN_N
    time until all N are Ready (all four services Ready at the event's generation, timestamped
    from a core-NATS subscription to ``vpcbus.status.>``), projects/s, p50/p99 publish->Ready,
    RSS (VmRSS/VmHWM from ``/proc``) of each service, CPU seconds of every process of the stack
-   during the burst, and reconciles per project per service (from ``$SRV.STATS``).
+   during the burst, reconciles per project per service (from ``$SRV.STATS``), and the NATS
+   messages per project each service sent and got (nats-server's ``/connz``).
 3. **restart recovery** (largest size only, its projects in place): SIGKILL all four services,
    start them again and publish one new project at once. Measured: until every service answers
    ``$SRV.PING``; until the new project is Ready ("serving again"); until the start-up resync is
@@ -62,6 +63,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -265,6 +267,21 @@ class Stack:
 
     def memory(self) -> dict[str, dict[str, int]]:
         return {role: proc_status(pid) for role, pid in self.pids().items()}
+
+    def messages(self) -> dict[str, dict[str, int]]:
+        """Messages each service's connections sent to nats-server (``in``: publishes,
+        requests, acks) and got from it (``out``: deliveries, replies), from ``/connz``."""
+        url = f"http://{self.nats.host}:{self.nats.monitor_port}/connz?limit=4096"
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            conns = json.load(reply).get("connections") or []
+        out: dict[str, dict[str, int]] = {}
+        for conn in conns:
+            parts = str(conn.get("name", "")).split("-")
+            if len(parts) >= 2 and parts[0] == "vpcbus" and parts[1] in commands.SERVICES:
+                mine = out.setdefault(parts[1], {"in": 0, "out": 0})
+                mine["in"] += int(conn.get("in_msgs", 0))
+                mine["out"] += int(conn.get("out_msgs", 0))
+        return out
 
     def nb_count(self, table: str) -> int:
         out = self.ovn.nbctl("--bare", "--columns=_uuid", "list", table)
@@ -545,6 +562,7 @@ async def phase_burst(
     keys = [project_key(x) for x in names]
     stats_before = await all_stats(client.nc)
     cpu_before = stack.cpu()
+    msgs_before = stack.messages()
     tracker.reset()
     if profiler is not None:
         profiler.start({s: p.pid for s, p in stack.procs.items()}, label)
@@ -554,11 +572,15 @@ async def phase_burst(
     assert end is not None
     profile = profiler.stop() if profiler is not None else None
     cpu_after = stack.cpu()
+    msgs_after = stack.messages()
     stats_after = await all_stats(client.nc)
     lat = tracker.latencies_ms(keys)
     total = end - start
-    reconciles, unknown = {}, {}
+    reconciles, unknown, messages = {}, {}, {}
     for svc in commands.SERVICES:
+        m, m0 = msgs_after.get(svc), msgs_before.get(svc)
+        if m is not None and m0 is not None:
+            messages[svc] = {d: round((m[d] - m0[d]) / n, 2) for d in ("in", "out")}
         a, b = stats_after.get(svc), stats_before.get(svc)
         if a is not None and b is not None:
             reconciles[svc] = round((a["reconciles"] - b["reconciles"]) / n, 2)
@@ -578,6 +600,8 @@ async def phase_burst(
         "reconciles_per_project": reconciles,
         # peer statuses that came before the service's own event: no reconcile
         "unknown_per_project": unknown,
+        # NATS messages per project each service sent (in) and got (out), all connections
+        "messages_per_project": messages,
         "nb_rows": {t: stack.nb_count(t) for t in ("Logical_Router", "NAT", "DNS")},
     }
     if not complete:
@@ -1134,6 +1158,9 @@ def summarise(runs: list[dict[str, Any]], sizes: list[int]) -> dict[str, Any]:
                 [get(r, "burst", k, "reconciles_per_project", svc) for r in runs], "")  # fmt: skip
             add(f"burst {n}: no-record peer statuses/project {svc}",
                 [get(r, "burst", k, "unknown_per_project", svc) for r in runs], "")  # fmt: skip
+            for way, what in (("in", "sent"), ("out", "got")):
+                sent = [get(r, "burst", k, "messages_per_project", svc, way) for r in runs]
+                add(f"burst {n}: NATS messages {what}/project {svc}", sent, "")
         add(f"delete {n}: all Deleted", [get(r, "delete", k, "seconds") for r in runs], "s")
         add(f"delete {n}: rate", [get(r, "delete", k, "rate") for r in runs], "projects/s")
         add(f"delete {n}: p99", [get(r, "delete", k, "p99_ms") for r in runs], "ms")
