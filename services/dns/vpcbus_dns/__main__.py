@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from vpcbus_runtime import early  # noqa: F401  (first of all: see its docstring)
+
+# isort: split
 import ipaddress
 import os
 from typing import TYPE_CHECKING
