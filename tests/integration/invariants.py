@@ -23,6 +23,7 @@ from vpcbus.embedded import procs
 from vpcbus_dns import desired as dns_desired
 from vpcbus_proto import names, subjects
 from vpcbus_proto.status import AddressFacts, ServiceStatus
+from vpcbus_vpc.desired import NEIGHBOUR_OPTIONS
 
 #: Every NB table a service writes rows of a project into.
 TABLES = (
@@ -149,7 +150,7 @@ def nb_problems(
         fail(f"routers {[r['name'] for r in rows.get('Logical_Router', [])]}, want [{ns}]")
         return problems
     router = routers[0]
-    if router["options"].get("chassis") != chassis:
+    if router["options"] != {"chassis": chassis, **NEIGHBOUR_OPTIONS}:
         fail(f"router options {router['options']}")
     lrps = _by_uuid(dump, "Logical_Router_Port")
     ports = {lrps[u]["name"]: lrps[u] for u in members(router, "ports") if u in lrps}

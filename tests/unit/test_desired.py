@@ -210,7 +210,11 @@ def test_converge_vpc_creates_owned_rows_wired_together() -> None:
     router = nb.named("Logical_Router", "acme-shop")
     switch = nb.named("Logical_Switch", "acme-shop-default")
     assert ids(router) == owner and ids(switch) == owner
-    assert router.options == {"chassis": "gw1"}
+    assert router.options == {
+        "chassis": "gw1",
+        "dynamic_neigh_routers": "true",
+        "always_learn_from_arp_request": "false",
+    }
     lan = nb.named("Logical_Router_Port", want.lan.router_port)
     ext = nb.named("Logical_Router_Port", want.external.router_port)
     assert (lan.mac, lan.networks) == (want.lan.mac, ["10.0.0.1/24"])

@@ -207,7 +207,7 @@ def converge_vpc(api: Any, txn: Txn, want: DesiredVpc) -> dict[str, str]:
     """Converge the project's rows; returns the workload ports it could not bind."""
     ids = ovn.ownership(SERVICE, want.key, **{"vpcbus-namespace": want.namespace})
     router = ovn.upsert(api, txn, "Logical_Router", want.router,
-                        options={"chassis": want.chassis}, external_ids=ids)  # fmt: skip
+                        options=want.router_options, external_ids=ids)  # fmt: skip
     switch = ovn.upsert(api, txn, "Logical_Switch", want.switch, external_ids=ids)
     switch_ports = _SwitchPorts.read(switch, want.key)
     _router_port(api, txn, router, want.lan, ids)
