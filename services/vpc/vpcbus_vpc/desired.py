@@ -115,16 +115,13 @@ class WorkloadPort:
 #: recompute and 11 GiB). ``dynamic_neigh_routers`` resolves them by ARP when traffic needs
 #: it (12k flows, 0.8 CPU-s), and ``always_learn_from_arp_request=false`` keeps a router
 #: from learning a MAC binding from every router's broadcast ARP on that switch (again
-#: O(projects^2), in SB's MAC_Binding): it learns from requests for its own addresses.
-#: ``mac_binding_age_threshold`` (seconds) ages out what it learned: an EIP released by one
-#: project and taken by another answers from a new MAC. Neutron sets all three on its routers,
-#: Kube-OVN too on its VPC routers (300 s, as here; the second unless configured to learn from
-#: ARP requests), ovn-kubernetes the first two on its gateway routers.
-NEIGHBOUR_OPTIONS = {
-    "dynamic_neigh_routers": "true",
-    "always_learn_from_arp_request": "false",
-    "mac_binding_age_threshold": "300",
-}
+#: O(projects^2), in SB's MAC_Binding): it learns from requests for its own addresses and
+#: from replies, and updates the bindings it has. Neutron and ovn-kubernetes set both on
+#: their routers, Kube-OVN the first (the second unless configured to learn from every
+#: request). Not ``mac_binding_age_threshold``: before OVN 23.09 (Debian 12 has
+#: 23.03) aging removes a binding in use too, and every router would re-ARP its upstream
+#: gateway, dropping packets, once per period (Neutron leaves it off by default).
+NEIGHBOUR_OPTIONS = {"dynamic_neigh_routers": "true", "always_learn_from_arp_request": "false"}
 
 
 @dataclass(frozen=True)
