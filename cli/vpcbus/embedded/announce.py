@@ -3,12 +3,17 @@
 Real upstream gateways of a cloud network are usually VRRP pairs that announce their address
 with gratuitous ARP (keepalived's ``garp_master_refresh``). The embedded stack's fake internet
 host does the same, so that a new project's gateway router learns the upstream MAC (an SB
-``MAC_Binding``; OVN routers learn from every ARP request by default) before its first
-packet, and ``vpcbus trace`` shows the SNAT verdict rather than "ARP first".
+``MAC_Binding``) before its first packet, and ``vpcbus trace`` shows the SNAT verdict rather
+than "ARP first".
 
-It announces at start, every ``--every`` seconds, and right after it hears an ARP from
-another address (a new router announcing its EIP), at most once per 0.2 s. Run inside the
-host's network namespace by :mod:`vpcbus.stack`::
+Project routers learn only from ARP requests for their own addresses
+(``always_learn_from_arp_request=false``, see ``vpcbus_vpc.desired.NEIGHBOUR_OPTIONS``); a
+gratuitous ARP updates a binding they have but makes no new one. So when the host hears an
+ARP from another address (a new router announcing its EIP) it asks that address for its MAC,
+as an upstream gateway does before it sends to it, and the router learns the host's MAC from
+the request. It announces at start, every ``--every`` seconds, and right after it hears such
+an ARP, at most once per 0.2 s; it asks each address at most once per ``--every`` seconds.
+Run inside the host's network namespace by :mod:`vpcbus.stack`::
 
     python -m vpcbus.embedded.announce --iface eth0 --ip 100.65.0.1
 """
@@ -35,6 +40,11 @@ def mac_of(iface: str) -> bytes:
 
 def garp(mac: bytes, ip: bytes) -> bytes:
     """An Ethernet frame with a gratuitous ARP request (sender = target = ``ip``)."""
+    return request(mac, ip, ip)
+
+
+def request(mac: bytes, ip: bytes, target: bytes) -> bytes:
+    """An Ethernet frame with an ARP request from ``mac``/``ip`` for ``target``'s MAC."""
     header = BROADCAST + mac + ETH_P_ARP.to_bytes(2, "big")
     arp = (
         (1).to_bytes(2, "big")  # hardware type: Ethernet
@@ -44,7 +54,7 @@ def garp(mac: bytes, ip: bytes) -> bytes:
         + mac
         + ip
         + b"\x00" * 6
-        + ip
+        + target
     )
     return header + arp
 
@@ -63,6 +73,7 @@ def run(iface: str, ip: str, every: float) -> None:
     with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP)) as sock:
         sock.bind((iface, ETH_P_ARP))
         last = 0.0
+        asked: dict[bytes, float] = {}  # address -> when it was last asked for its MAC
         while True:
             now = time.monotonic()
             if now - last >= every:
@@ -72,7 +83,12 @@ def run(iface: str, ip: str, every: float) -> None:
             if not ready:
                 continue
             heard = sender_ip(sock.recv(2048))
-            if heard is not None and heard != own and time.monotonic() - last >= MIN_GAP:
+            if heard is None or heard == own or heard == bytes(4):
+                continue
+            if time.monotonic() - asked.get(heard, -every) >= every:
+                sock.send(request(mac, own, heard))
+                asked[heard] = time.monotonic()
+            if time.monotonic() - last >= MIN_GAP:
                 sock.send(frame)
                 last = time.monotonic()
 
