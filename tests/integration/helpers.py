@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -114,7 +115,9 @@ def learn_gateway_mac(ovn: OvnCentral, router: str, port: str, ip: str, mac: str
     """Insert the SB MAC binding ovn-controller learns from the gateway's ARP reply.
 
     No chassis runs in this suite, so nothing answers ARP; ovn-trace stops at the ARP request
-    without it. The data-path suite proves the real learning with packets.
+    without it. The data-path suite proves the real learning with packets. Stamped with the
+    time of learning, as ovn-controller stamps it: the routers age out bindings
+    (``mac_binding_age_threshold``), and one without a time is already too old.
     """
     ovn.nbctl("--wait=sb", "sync")
     dp = ovn.sbctl(
@@ -127,6 +130,7 @@ def learn_gateway_mac(ovn: OvnCentral, router: str, port: str, ip: str, mac: str
         f"ip={ip}",
         f'mac="{mac}"',
         f"datapath={dp}",
+        f"timestamp={int(time.time() * 1000)}",
     )
 
 

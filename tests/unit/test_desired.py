@@ -214,6 +214,7 @@ def test_converge_vpc_creates_owned_rows_wired_together() -> None:
         "chassis": "gw1",
         "dynamic_neigh_routers": "true",
         "always_learn_from_arp_request": "false",
+        "mac_binding_age_threshold": "300",
     }
     lan = nb.named("Logical_Router_Port", want.lan.router_port)
     ext = nb.named("Logical_Router_Port", want.external.router_port)

@@ -116,12 +116,21 @@ class WorkloadPort:
 #: it (12k flows, 0.8 CPU-s), and ``always_learn_from_arp_request=false`` keeps a router
 #: from learning a MAC binding from every router's broadcast ARP on that switch (again
 #: O(projects^2), in SB's MAC_Binding): it learns from requests for its own addresses and
-#: from replies, and updates the bindings it has. Neutron and ovn-kubernetes set both on
-#: their routers, Kube-OVN the first (the second unless configured to learn from every
-#: request). Not ``mac_binding_age_threshold``: before OVN 23.09 (Debian 12 has
-#: 23.03) aging removes a binding in use too, and every router would re-ARP its upstream
-#: gateway, dropping packets, once per period (Neutron leaves it off by default).
-NEIGHBOUR_OPTIONS = {"dynamic_neigh_routers": "true", "always_learn_from_arp_request": "false"}
+#: from replies, and updates the bindings it has.
+#:
+#: A learned binding outlives its address: an EIP that a deleted project released and
+#: another took would still be sent to the old router port's MAC, a black hole (OVN issue
+#: 238). ``mac_binding_age_threshold`` removes learned bindings after 300 s. Before OVN 23.09
+#: (Debian 12 has 23.03) that happens to bindings in use too, and the router resolves the
+#: address again; ovn-kubernetes took that trade on its gateway routers, at the same 300 s.
+#: ovn-kubernetes and Kube-OVN set all three options (Kube-OVN the second unless configured
+#: to learn from every request); Neutron too, with the age from its configuration (off by
+#: default).
+NEIGHBOUR_OPTIONS = {
+    "dynamic_neigh_routers": "true",
+    "always_learn_from_arp_request": "false",
+    "mac_binding_age_threshold": "300",
+}
 
 
 @dataclass(frozen=True)
