@@ -274,15 +274,26 @@ AtomParser = Callable[[Any], "data.Atom"]
 DatumParser = Callable[[Any], "data.Datum"]
 
 
+def _plain_string(base: types.BaseType | None) -> bool:
+    """A string with no constraint: any JSON string is one of its atoms as it is."""
+    return bool(
+        base is not None
+        and base.type == types.StringType
+        and base.enum is None
+        and base.min is None
+        and base.max is None
+        and base.min_length == 0
+        and base.max_length == sys.maxsize
+    )
+
+
 def _atom_parser(base: types.BaseType) -> AtomParser:
     """A parser of ``base``'s atoms, checked as ``Atom.from_json`` checks them; any value it
     does not expect goes to ``Atom.from_json`` (which raises python-ovs' own errors)."""
     kind = base.type
     stock = functools.partial(data.Atom.from_json, base)
     unconstrained = base.enum is None and base.min is None and base.max is None
-    if kind == types.StringType and unconstrained:
-        if base.min_length > 0 or base.max_length != sys.maxsize:
-            return stock
+    if _plain_string(base):
 
         def string(json: Any) -> data.Atom:
             if type(json) is str:
@@ -310,17 +321,6 @@ def _atom_parser(base: types.BaseType) -> AtomParser:
 
         return number
     return stock
-
-
-def _plain_string(base: types.BaseType | None) -> bool:
-    """A string with no constraint: any JSON string is one of its atoms as it is."""
-    return bool(
-        base is not None
-        and base.type == types.StringType
-        and base.enum is None
-        and base.min_length == 0
-        and base.max_length == sys.maxsize
-    )
 
 
 #: Map keys seen, as atoms: a table's maps repeat a handful of keys (``external_ids``' owner
